@@ -10,7 +10,7 @@ clock). Identifiers are validated by ``scaledist.ids`` where they touch disk.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
@@ -220,26 +220,26 @@ class StatusReply(_Msg, tag="status_reply"):
     body: dict[str, object]
 
 
-Message = Union[
-    SlaveReport,
-    CopyRequest,
-    Grant,
-    Denial,
-    Release,
-    SetCapacity,
-    CopyInstruction,
-    Published,
-    BlockGet,
-    BlockPut,
-    BlockHeader,
-    BlockAck,
-    Ack,
-    Error,
-    StatusQuery,
-    StatusReply,
-]
+Message = (
+    SlaveReport
+    | CopyRequest
+    | Grant
+    | Denial
+    | Release
+    | SetCapacity
+    | CopyInstruction
+    | Published
+    | BlockGet
+    | BlockPut
+    | BlockHeader
+    | BlockAck
+    | Ack
+    | Error
+    | StatusQuery
+    | StatusReply
+)
 
-Decision = Union[Grant, Denial]
+Decision = Grant | Denial
 
 
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

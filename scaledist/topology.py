@@ -184,7 +184,7 @@ class Topology:
                 paths[(src, dc)] = trunks
                 for t in out_edges[dc]:
                     if t.end not in seen:
-                        heapq.heappush(heap, (lat + t.latency, hops + 1, trunks + (t.id,), t.end))
+                        heapq.heappush(heap, (lat + t.latency, hops + 1, (*trunks, t.id), t.end))
         return paths
 
     def trunk_path(self, src_dc: str, dst_dc: str) -> tuple[str, ...] | None:
@@ -264,14 +264,16 @@ class Topology:
 
         return replace(
             self,
-            datacenters={k: replace(v, inbound=bw(v.inbound), outbound=bw(v.outbound)) for k, v in self.datacenters.items()},
+            datacenters={
+                k: replace(v, inbound=bw(v.inbound), outbound=bw(v.outbound)) for k, v in self.datacenters.items()
+            },
             racks={k: replace(v, inbound=bw(v.inbound), outbound=bw(v.outbound)) for k, v in self.racks.items()},
             slaves={k: replace(v, inbound=bw(v.inbound), outbound=bw(v.outbound)) for k, v in self.slaves.items()},
             trunks={
                 k: replace(v, bandwidth=bw(v.bandwidth), reverse_bandwidth=bw(v.reverse_bandwidth))
                 for k, v in self.trunks.items()
             },
-            block_size=max(4096, int(round(self.block_size * factor / 4096)) * 4096),
+            block_size=max(4096, round(self.block_size * factor / 4096) * 4096),
             scale=self.scale * factor,
         )
 
@@ -291,5 +293,8 @@ class Topology:
             new_d = replace(d, outbound=bytes_per_s) if link.direction == "up" else replace(d, inbound=bytes_per_s)
             return replace(self, datacenters={**self.datacenters, d.id: new_d})
         t = self.trunks[link.owner]
-        new_t = replace(t, bandwidth=bytes_per_s) if link.direction == "primary" else replace(t, reverse_bandwidth=bytes_per_s)
+        if link.direction == "primary":
+            new_t = replace(t, bandwidth=bytes_per_s)
+        else:
+            new_t = replace(t, reverse_bandwidth=bytes_per_s)
         return replace(self, trunks={**self.trunks, t.id: new_t})

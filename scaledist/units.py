@@ -48,7 +48,7 @@ def parse_size(text: str | int | float) -> int:
     value, unit = _split(text, "size such as '64MiB'")
     if unit not in _SIZE_UNITS:
         raise UnitError(f"unknown size unit {unit!r} in {text!r} (use B, KB, MB, GB, KiB, MiB, GiB)")
-    return int(round(value * _SIZE_UNITS[unit]))
+    return round(value * _SIZE_UNITS[unit])
 
 
 def parse_rate(text: str | int | float) -> float:

@@ -1,0 +1,5 @@
+import sys
+
+from scaledist.cli import main
+
+sys.exit(main())
