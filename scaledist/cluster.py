@@ -31,6 +31,11 @@ class Endpoint:
     control: int = CONTROL_PORT
     data: int = DATA_PORT
 
+    @property
+    def push(self) -> int:
+        """Push-mode blocks arrive here, so a network can tell data (sport=data or dport=push) from ACKs."""
+        return self.data + 1
+
 
 @dataclass(frozen=True)
 class Cluster:

@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from scaledist import storage
-from scaledist.cluster import Cluster, loopback_plan, new_key, write_cluster
+from scaledist.cluster import Cluster, Endpoint, loopback_plan, new_key, write_cluster
 from scaledist.scenario import Scenario, default_scenario, load_scenario
 from scaledist.topology import Topology
 from scaledist.topology_schema import load_topology
@@ -57,7 +58,11 @@ class LocalCluster:
 
     def __init__(self, topology_path: str | Path, scenario_path: str | Path | None = None, *,
                  scale: float | None = None, run_dir: str | Path | None = None, mode: str = "pull",
-                 report_interval: float | None = None, log: Callable[[str], None] = print) -> None:
+                 report_interval: float | None = None, log: Callable[[str], None] = print,
+                 endpoints: dict[str, Endpoint] | None = None, management: dict[str, str] | None = None,
+                 spawn: Spawn | None = None) -> None:
+        """``endpoints``/``management``/``spawn`` let an emulated network (the testbed) place each daemon
+        on its own host; by default every daemon gets a loopback address and a plain child process."""
         self.topology_path = Path(topology_path).resolve()
         base = load_topology(self.topology_path)
         self.scale = scale if scale is not None else auto_scale(base)
@@ -74,7 +79,9 @@ class LocalCluster:
         self.run_dir = self.run_dir.resolve()
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.cluster = Cluster(topology=str(self.topology_path), scale=self.scale, key=new_key(),
-                               endpoints=loopback_plan(self.topology), mode=mode, report_interval=report_interval)
+                               endpoints=endpoints or loopback_plan(self.topology), management=management or {},
+                               mode=mode, report_interval=report_interval)
+        self.spawn = spawn or _spawn_child
         self.cluster_path = write_cluster(self.run_dir, self.cluster)
         if self.scenario_path is None:
             self.scenario_path = self.run_dir / "scenario.yaml"
@@ -111,28 +118,33 @@ class LocalCluster:
         if ident in self.procs and self.procs[ident].poll() is None:
             raise RuntimeError(f"{ident} is already running")
         logf = open(self.run_dir / "logs" / f"{ident}.log", "ab")  # noqa: SIM115 - handed to the child
-        self.procs[ident] = subprocess.Popen(self.command(ident), stdout=logf, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True,
-                                             preexec_fn=_die_with_parent)
-        logf.close()
+        try:
+            self.procs[ident] = self.spawn(ident, self.command(ident), logf)
+        finally:
+            logf.close()
 
     def wait_listening(self, idents: list[str], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         for ident in idents:
             ep = self.cluster.endpoint(ident)
+            host = self.cluster.control_host(ident)
             while True:
                 proc = self.procs[ident]
                 if proc.poll() is not None:
                     raise RuntimeError(f"{ident} exited with {proc.returncode} at start-up; see "
                                        f"{self.run_dir / 'logs' / (ident + '.log')}")
                 try:
-                    with socket.create_connection((ep.host, ep.control), timeout=0.5):
+                    with self.probe((host, ep.control)):
                         break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{ident} did not listen on {ep.host}:{ep.control} "
+                        raise RuntimeError(f"{ident} did not listen on {host}:{ep.control} "
                                            f"within {timeout}s") from None
                     time.sleep(0.05)
+
+    def probe(self, addr: tuple[str, int]) -> socket.socket:
+        """A connection to a daemon's control port; the testbed overrides it to connect from inside its network."""
+        return socket.create_connection(addr, timeout=0.5)
 
     def start(self) -> None:
         topo = self.topology
@@ -276,6 +288,14 @@ class LocalCluster:
                         v.files_mismatched += 1
                         v.mismatches.append(f"{s}: {fs}/{fid}@{version}")
         return v
+
+
+Spawn = Callable[[str, list[str], IO[bytes]], "subprocess.Popen[bytes]"]
+
+
+def _spawn_child(ident: str, cmd: list[str], logf: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=_die_with_parent)
 
 
 def _die_with_parent() -> None:

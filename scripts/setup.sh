@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(python3 python3-venv python3-dev iproute2 iptables procps)
+# Mininet from Debian (LinuxBridge switches, no Open vSwitch needed), its helpers, the traffic tools,
+# and libnetfilter-queue for the NFQUEUE delay line used where the kernel has no netem.
+packages=(python3 python3-venv python3-dev gcc iproute2 iptables procps ethtool
+          mininet bridge-utils iperf3 tcpdump libnetfilter-queue-dev)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${packages[@]}"; do
@@ -23,5 +26,5 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,testbed]'
 echo "setup: ready (.venv/bin/scaledist, .venv/bin/python -m pytest)" >&2

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
 from msgspec import structs
 
 from scaledist.core.health import HealthConfig
 from scaledist.core.master import Master, MasterConfig
 from scaledist.messages import CopyInstruction, CopyRequest, Denial, FileState, Grant, SlaveReport, TransferResult
 from scaledist.topology import MasterSpec, Slave, Topology
-from tests.builders import make_topology
+from tests.builders import make_topology, patent_fig1
 
 BS = 1000
 FS = "news"
@@ -201,7 +202,7 @@ def test_sources_across_a_trunk_only_in_its_primary_direction() -> None:
     assert req.destination == "R1-s2" and req.sources == ("R2-s1",)
     m.on_report(1.5, report("R3-s2", row("d", 1, 0)))  # DC2 destination: same rack first, then across T1
     req = only(m.next_requests(1.5))
-    assert req.destination == "R3-s2" and req.sources == ("R3-s1", "R2-s1")
+    assert req.destination == "R3-s2" and req.sources == ("R3-s1",)  # a usable local holder: no trunk fallback
 
 
 def test_tree_sources_come_first_inside_a_datacenter() -> None:
@@ -259,6 +260,144 @@ def test_tree_is_refreshed_by_tick() -> None:
     assert m.tree(FS, "DC1").order[0] == "R1-s1"  # not yet refreshed
     m.tick(5.0)
     assert m.tree(FS, "DC1").order[0] == "R1-s3"
+
+
+# --- one trunk copy of a block into a datacenter at a time ----------------------
+
+
+def fig1(**cfg) -> Master:
+    """FIG. 1 with the origin R11-s1 (DC1) holding d; T1 is the only way into DC2."""
+    m = Master(replace(patent_fig1(), block_size=BS), "M1", MasterConfig(**cfg), incarnation="i1")
+    m.on_report(0.0, report("R11-s1", row("d", 1, 3 * BS, True), fsfile(2)))
+    return m
+
+
+DC2 = ("R21-s1", "R21-s2", "R22-s1")
+
+
+def dc_of(m: Master, slave: str) -> str:
+    return m.topology.slaves[slave].dc
+
+
+def crossing(m: Master, req: CopyRequest) -> bool:
+    """The request offers a source outside the destination's datacenter."""
+    return any(dc_of(m, s) != dc_of(m, req.destination) for s in req.sources)
+
+
+def test_a_block_crosses_into_a_datacenter_once_then_spreads_inside_it() -> None:
+    m = fig1(trunk_fallback=True)
+    for s in (*DC2, "R31-s1"):
+        m.on_report(0.1, report(s, row("d", 1, 0)))
+    reqs = m.next_requests(1.0)
+    # one copy of block 0 into DC2 and one into DC3; the other two DC2 slaves wait for it
+    assert sorted(dc_of(m, r.destination) for r in reqs) == ["DC2", "DC3"]
+    assert all(r.block == 0 and crossing(m, r) and set(r.sources) == {"R11-s1"} for r in reqs)
+    first = next(r for r in reqs if dc_of(m, r.destination) == "DC2")
+    assert m.snapshot()["trunk_parked"] == 2 and m.snapshot()["trunk_claims"] == 2
+    assert m.next_requests(1.5) == []  # still in flight: nobody else crosses T1 for block 0
+    assert m.on_decision(1.5, grant(first)) is not None
+    assert m.next_requests(2.0) == []
+    m.on_report(3.0, report(first.destination, row("d", 1, BS), results=(ok(first.transfer_id),)))
+    reqs = m.next_requests(3.0)
+    block0 = sorted((r for r in reqs if r.block == 0), key=lambda r: r.destination)
+    others = sorted(set(DC2) - {first.destination})
+    assert [r.destination for r in block0] == others
+    assert all(r.sources[0] == first.destination for r in block0)  # the DC2 holder ranks first
+    # remote holders stay behind as fallbacks, under the same rule: only one of the two lists has them
+    assert [crossing(m, r) for r in block0].count(True) == 1
+    assert all(not crossing(m, r) or r.sources[1:] == ("R11-s1",) for r in block0)
+    block1 = only([r for r in reqs if r.block == 1])  # the new holder's next block crosses on its own
+    assert block1.destination == first.destination and block1.sources == ("R11-s1",)
+    assert m.snapshot()["trunk_parked"] == 0
+
+
+@pytest.mark.parametrize("how", ["failed", "expired", "denied", "undecided"])
+def test_when_the_crossing_copy_ends_without_the_block_another_destination_may_cross(how: str) -> None:
+    m = fig1(min_transfer_timeout=10.0)
+    for s in DC2:
+        m.on_report(0.1, report(s, row("d", 1, 0)))
+    req = only(m.next_requests(1.0))
+    assert crossing(m, req)
+    if how in ("failed", "expired"):
+        assert m.on_decision(1.0, grant(req)) is not None
+        if how == "failed":
+            m.on_report(2.0, report(req.destination, row("d", 1, 0), results=(failed(req.transfer_id, "other"),)))
+        else:
+            assert len(m.tick(11.0)) == 1
+    elif how == "denied":
+        assert m.on_decision(1.0, Denial(req.transfer_id, "trunk full")) is None
+    else:
+        assert m.tick(11.0) == []  # no decision within the timeout: the request is dropped
+    again = only(m.next_requests(12.0))  # one at a time still: the other two wait for this one
+    assert crossing(m, again) and again.block == 0
+    assert again.destination in DC2 and again.destination != req.destination  # a parked one goes first
+    assert m.snapshot()["trunk_parked"] == 2 and m.snapshot()["trunk_claims"] == 1
+
+
+@pytest.mark.parametrize("granted_local", [True, False])
+def test_a_request_with_remote_fallbacks_holds_the_claim_until_granted_locally(granted_local: bool) -> None:
+    m = fig1(retry_after=0.5, trunk_fallback=True)
+    m.on_report(0.1, report("R21-s1", row("d", 1, BS)))  # a DC2 holder of block 0 (and no more)
+    m.on_report(0.2, report("R21-s2", row("d", 1, 0)))
+    m.on_report(0.3, report("R22-s1", row("d", 1, 0)))
+    reqs = {r.destination: r for r in m.next_requests(1.0)}
+    a, b = reqs["R21-s2"], reqs["R22-s1"]
+    assert a.sources == ("R21-s1", "R11-s1")  # local first, one remote fallback: claims block 0 into DC2
+    assert b.sources == ("R21-s1",)  # the claim is taken: local holders only
+    m.on_decision(1.0, grant(a, source="R21-s1" if granted_local else "R11-s1"))
+    m.on_decision(1.0, Denial(b.transfer_id, "R21-s1 busy"))
+    retry = only(m.next_requests(1.5))
+    assert retry.destination == "R22-s1"
+    assert retry.sources == (("R21-s1", "R11-s1") if granted_local else ("R21-s1",))
+
+
+def test_remote_holders_rank_behind_own_datacenter_holders() -> None:
+    """A local holder with far more data than needed still comes before a remote holder with just enough."""
+
+    def first_sources(one_trunk_copy: bool) -> tuple[str, ...]:
+        # without the tree: R22-s2 would be a tree source, first anyway
+        m = fig1(one_trunk_copy=one_trunk_copy, tree=False, trunk_fallback=True)
+        m.on_report(0.0, report("R22-s2", row("d", 1, 60 * BS, True)))  # data score 30 outweighs T1's distance
+        m.on_report(0.0, report("R11-s2", row("d", 1, BS)))
+        m.on_report(0.1, report("R21-s1", row("d", 1, 0)))
+        return next(r for r in m.next_requests(1.0) if r.destination == "R21-s1").sources
+
+    assert first_sources(True) == ("R22-s2", "R11-s2", "R11-s1")
+    assert first_sources(False)[0] == "R11-s2"  # FIG. 8's composite alone would send it across T1
+
+
+def test_without_trunk_fallback_remote_holders_only_when_no_local_one_is_usable() -> None:
+    m = fig1(trunk_fallback=False)
+    m.on_report(0.1, report("R21-s1", row("d", 1, BS)))  # a DC2 holder of block 0 only
+    m.on_report(0.2, report("R21-s2", row("d", 1, 0)))
+    reqs = {r.destination: r for r in m.next_requests(1.0)}
+    assert reqs["R21-s2"].sources == ("R21-s1",)  # no trunk while a DC2 holder is usable
+    assert reqs["R21-s1"].sources == ("R11-s1",) and reqs["R21-s1"].block == 1  # none in DC2: across T1
+    assert m.snapshot()["trunk_claims"] == 1
+    m.on_report(0.3, report("R22-s1", row("d", 1, BS)))  # needs block 1 too: parked behind R21-s1's copy
+    assert m.next_requests(1.5) == [] and m.snapshot()["trunk_parked"] == 1
+
+
+def test_fileset_file_crosses_once_too() -> None:
+    m = fig1()
+    for s in DC2:
+        m.on_report(0.1, report(s, fsfile(1)))
+    req = only(m.next_requests(1.0))
+    assert req.fileset_file and req.version == 2 and crossing(m, req)
+    m.on_decision(1.0, grant(req))
+    m.on_report(2.0, report(req.destination, fsfile(2), results=(ok(req.transfer_id, 500),)))
+    reqs = [r for r in m.next_requests(2.0) if r.destination != req.destination]
+    assert len(reqs) == 2 and all(r.fileset_file and r.sources[0] == req.destination for r in reqs)
+
+
+def test_without_one_trunk_copy_every_destination_crosses() -> None:
+    m = fig1(one_trunk_copy=False)
+    for s in DC2:
+        m.on_report(0.1, report(s, row("d", 1, 0)))
+    reqs = m.next_requests(1.0)
+    assert sorted(r.destination for r in reqs) == sorted(DC2)
+    assert all(r.block == 0 and r.sources == ("R11-s1",) for r in reqs)
+    assert m.snapshot()["trunk_claims"] == 0
 
 
 # --- failures, health, liveness ---------------------------------------------
@@ -555,8 +694,6 @@ def test_every_slave_of_patent_fig1_completes_when_every_copy_succeeds() -> None
     Each sender carries one copy at a time and a copy takes 1 s, so the master must spread
     the work over the slaves that already hold blocks; nothing may be left stuck in a queue.
     """
-    from tests.builders import patent_fig1
-
     t = replace(patent_fig1(), block_size=BS)
     m = Master(t, "M1", MasterConfig(), incarnation="sim")
     full = {"FileSet": 300, "a": 3 * BS, "b": 2 * BS + 1}

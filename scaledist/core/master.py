@@ -22,7 +22,17 @@ Scaling choices (a master serves thousands of slaves):
   holders (same rack, same datacenter, then other datacenters by distance),
   in ascending order of blocks held, which is the order the data score
   prefers. Far holders beyond that pool are not scored: an approximation of
-  FIG. 8 that keeps a decision O(pool), documented in ``MasterConfig``.
+  FIG. 8 that keeps a decision O(pool), documented in ``MasterConfig``;
+- one trunk copy at a time (``one_trunk_copy``): the trunk is the scarce
+  resource, so a block crosses into a datacenter once and spreads from there.
+  Holders in other datacenters rank behind every usable holder in the
+  destination's own datacenter, as fallbacks for the resource manager (or
+  are left out while one is usable: ``trunk_fallback=False``). A request
+  whose list reaches another datacenter claims (block, datacenter) until
+  its copy is granted locally, reported, failed or expired. While the claim
+  stands, other destinations there get only their own datacenter's holders;
+  with none usable they are parked until a slave of their datacenter reports
+  the block or the claim ends (then one of them may cross).
 """
 
 from __future__ import annotations
@@ -67,6 +77,8 @@ class MasterConfig:
     min_transfer_timeout: float = 10.0  # ... but never less; also how long a request waits for a decision
     max_sources: int = 8  # length of the ranked list sent to the resource manager
     pool_size: int = 24  # non-tree holders scored per request (nearest first, see module docstring)
+    one_trunk_copy: bool = True  # a block crosses into a datacenter once at a time (module docstring)
+    trunk_fallback: bool = False  # True: other datacenters' holders back up busy local ones (costs trunk bytes)
 
     def __post_init__(self) -> None:
         if self.mode not in ("pull", "push"):
@@ -75,6 +87,11 @@ class MasterConfig:
             raise ValueError("max_inflight_per_slave, max_sources and pool_size must be >= 1")
         if self.tree_fanout < 1:
             raise ValueError("tree_fanout must be >= 1")
+
+
+_Key = tuple[str, str]  # (slave, fileset)
+_BlockKey = tuple[str, str, int, int]  # (fileset, file_id, version, block)
+_CrossKey = tuple[str, str, int, int, str]  # (fileset, file_id, version, block, destination datacenter)
 
 
 class _Need(NamedTuple):
@@ -101,6 +118,7 @@ class _Transfer:
     source: str = ""
     resources: tuple[str, ...] = ()
     deadline: float = 0.0
+    crossing: _CrossKey | None = None  # the (block, datacenter) claim this copy holds, if any
 
 
 @dataclass(slots=True)
@@ -148,10 +166,6 @@ class _VersionIndex:
             self.held.pop(slave, None)
 
 
-_Key = tuple[str, str]  # (slave, fileset)
-_BlockKey = tuple[str, str, int, int]  # (fileset, file_id, version, block)
-
-
 class Master:
     """Scheduling core of one master; every method takes the caller's clock as ``now``."""
 
@@ -195,6 +209,8 @@ class Master:
         self._queue: dict[_Key, None] = {}  # FIFO of the others, in report order
         self._retry: list[tuple[float, int, _Key]] = []
         self._waiting: dict[_BlockKey, dict[_Key, None]] = {}  # parked until someone holds the block
+        self._crossing: dict[_CrossKey, str] = {}  # (block, dc) -> the one transfer that may cross into dc
+        self._trunk_waiting: dict[_CrossKey, dict[_Key, None]] = {}  # parked until that claim ends
         self._deadlines: list[tuple[float, int, str]] = []
         self._seq = 0
         self._n = 0
@@ -280,6 +296,8 @@ class Master:
             return None
         src, dst = decision.source, t.destination
         t.state, t.source = "granted", src
+        if t.crossing is not None and self.topology.slaves[src].dc == t.crossing[4]:
+            self._uncross(t)  # a holder in the destination's datacenter was granted: nothing crosses
         t.resources = self.topology.resources_of_path(src, dst)
         for r in t.resources:
             self.health.record_attempt(r)
@@ -450,6 +468,8 @@ class Master:
             "fileset_queue": len(self._fileset_queue),
             "retrying": len(self._retry),
             "parked": sum(len(w) for w in self._waiting.values()),
+            "trunk_claims": len(self._crossing),
+            "trunk_parked": sum(len(w) for w in self._trunk_waiting.values()),
             "rejected": dict(self.rejected),
         }
 
@@ -583,13 +603,19 @@ class Master:
                 size = min(size, vi.final_size - need.block * self._block)
                 if size <= 0:
                     continue
-            sources = self._sources(now, st, vi, need)
+            bk = (st.fileset, need.file_id, need.version, need.block)
+            ck: _CrossKey | None = (*bk, st.dc) if self.config.one_trunk_copy else None
+            claimed = ck if ck is not None and ck in self._crossing else None  # another copy is crossing
+            sources, crosses = self._sources(now, st, vi, need, remote=claimed is None)
             if not sources:
                 # a new holder wakes it at once; recovery of a failed or silent one is caught by the retry
-                self._waiting.setdefault((st.fileset, need.file_id, need.version, need.block), {})[key] = None
-                blocked = True
+                self._waiting.setdefault(bk, {})[key] = None
+                if claimed is not None:  # only a trunk copy would do and one is on its way: its end wakes us
+                    self._trunk_waiting.setdefault(claimed, {})[key] = None
+                else:
+                    blocked = True
                 continue
-            return self._issue(now, st, need, size, sources)
+            return self._issue(now, st, need, size, sources, ck if crosses else None)
         if blocked:
             self._push_retry(now + self.config.blocked_retry, key)
         return None
@@ -607,7 +633,15 @@ class Master:
                 return False
         return not (self.file_health.failed and (src, file_id) in self.file_health.failed)
 
-    def _sources(self, now: float, st: _SlaveState, vi: _VersionIndex, need: _Need) -> tuple[str, ...]:
+    def _sources(
+        self, now: float, st: _SlaveState, vi: _VersionIndex, need: _Need, *, remote: bool = True
+    ) -> tuple[tuple[str, ...], bool]:
+        """Ranked sources (tree, then nearest holders) and whether the list reaches another datacenter.
+
+        With ``one_trunk_copy`` holders in other datacenters rank behind every usable holder of the
+        destination's own datacenter (with ``trunk_fallback`` False they are left out when there is one),
+        and ``remote=False`` leaves them out (another copy of the block is crossing into it already).
+        """
         dest, fs, fid = st.slave, st.fileset, need.file_id
         block, max_sources = need.block, self.config.max_sources
         seen = {dest}
@@ -618,41 +652,58 @@ class Master:
                 seen.add(s)
                 if held.get(s, 0) > block and self._usable(now, s, dest, fid):
                     tree_group.append(Candidate(s, self._held_bytes(s, fs, fid), need.destination_bytes))
-        others: list[Candidate] = []
+        split = self.config.one_trunk_copy
+        fallback = self.config.trunk_fallback
+        local: list[Candidate] = []  # own datacenter (every non-tree holder when not split)
+        far: list[Candidate] = []  # other datacenters, ranked on their own behind ``local``
         want = self.config.pool_size
+        n = 0
         probe = (block + 1, "")
-        for lst in self._holder_lists(vi, st):
+        for lst, near in self._holder_lists(vi, st, remote):
+            if split and not near and not fallback and (tree_group or local):
+                break  # a usable holder in the own datacenter: the block need not cross again
+            out = far if split and not near else local
             for i in range(bisect_left(lst, probe), len(lst)):
                 s = lst[i][1]
                 if s in seen:
                     continue
                 seen.add(s)
                 if self._usable(now, s, dest, fid):
-                    others.append(Candidate(s, self._held_bytes(s, fs, fid), need.destination_bytes))
-                    if len(others) >= want:
+                    out.append(Candidate(s, self._held_bytes(s, fs, fid), need.destination_bytes))
+                    n += 1
+                    if n >= want:
                         break
-            if len(others) >= want:
+            if n >= want:
                 break
-        if not tree_group and not others:
-            return ()
+        if not tree_group and not n:
+            return (), False
         args = (self._last_copied_from.get(dest), _Idleness(self._outbound, self._reported_outbound))
-        ranked = rank_sources(self.topology, dest, tree_group, *args, self.config.weights, distance=self._distance)
-        if len(ranked) < max_sources:
-            ranked += rank_sources(self.topology, dest, others, *args, self.config.weights, distance=self._distance)
-        return tuple(ranked[:max_sources])
+        weights = self.config.weights
+        ranked = rank_sources(self.topology, dest, tree_group, *args, weights, distance=self._distance)
+        if len(ranked) < max_sources and local:
+            ranked += rank_sources(self.topology, dest, local, *args, weights, distance=self._distance)
+        if len(ranked) >= max_sources or not far:
+            return tuple(ranked[:max_sources]), False
+        ranked += rank_sources(self.topology, dest, far, *args, weights, distance=self._distance)
+        return tuple(ranked[:max_sources]), True
 
-    def _holder_lists(self, vi: _VersionIndex, st: _SlaveState) -> Iterator[list[tuple[int, str]]]:
-        """Holder lists nearest first: own rack, own datacenter, then other datacenters by distance."""
+    def _holder_lists(
+        self, vi: _VersionIndex, st: _SlaveState, remote: bool = True
+    ) -> Iterator[tuple[list[tuple[int, str]], bool]]:
+        """Holder lists nearest first, each with "in the own datacenter": own rack, own datacenter, then
+        (unless ``remote`` is False) other datacenters by distance."""
         lst = vi.by_rack.get(st.rack)
         if lst:
-            yield lst
+            yield lst, True
         lst = vi.by_dc.get(st.dc)
         if lst:
-            yield lst
+            yield lst, True
+        if not remote:
+            return
         for dc in self._dcs_by_distance(st.dc):
             lst = vi.by_dc.get(dc)
             if lst:
-                yield lst
+                yield lst, False
 
     def _dcs_by_distance(self, dc: str) -> tuple[str, ...]:
         order = self._dc_order.get(dc)
@@ -696,13 +747,24 @@ class Master:
 
     # --- transfers ----------------------------------------------------------
 
-    def _issue(self, now: float, st: _SlaveState, need: _Need, size: int, sources: tuple[str, ...]) -> CopyRequest:
+    def _issue(
+        self,
+        now: float,
+        st: _SlaveState,
+        need: _Need,
+        size: int,
+        sources: tuple[str, ...],
+        crossing: _CrossKey | None = None,
+    ) -> CopyRequest:
         self._n += 1
         tid = f"{self.master_id}.{self.incarnation}.{self._n}"
         dest = st.slave
         t = _Transfer(
             tid, dest, st.fileset, need.file_id, need.version, need.block, size, need.fileset_file, sources, now
         )
+        if crossing is not None:
+            t.crossing = crossing
+            self._crossing[crossing] = tid
         t.deadline = now + self.config.min_transfer_timeout  # for a decision; replaced by the copy deadline
         self._transfers[tid] = t
         st.inflight[need.file_id] = tid
@@ -761,6 +823,8 @@ class Master:
 
     def _drop(self, t: _Transfer) -> None:
         del self._transfers[t.id]
+        if t.crossing is not None:
+            self._uncross(t)
         st = self._states.get((t.destination, t.fileset))
         if st is not None and st.inflight.get(t.file_id) == t.id:
             del st.inflight[t.file_id]
@@ -769,6 +833,19 @@ class Master:
             self._outstanding[t.destination] = n - 1
         else:
             self._outstanding.pop(t.destination, None)
+
+    def _uncross(self, t: _Transfer) -> None:
+        """End the transfer's trunk claim; destinations parked on it look again (one may cross next)."""
+        ck = t.crossing
+        t.crossing = None
+        if ck is None:
+            return
+        if self._crossing.get(ck) == t.id:
+            del self._crossing[ck]
+        waiters = self._trunk_waiting.pop(ck, None)
+        if waiters:
+            for k in waiters:
+                self._enqueue(k)
 
     # --- queues -------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from scaledist import netio, storage
 from scaledist.core.fileset_file import FileSetContent, FileSetError, parse_fileset
 from scaledist.core.slave_state import obsolete, slave_rows
 from scaledist.daemons.common import Context, run, spawn
-from scaledist.ids import BadId
+from scaledist.ids import BadId, check_id
 from scaledist.messages import (
     Ack,
     BlockAck,
@@ -169,6 +169,11 @@ class SlaveDaemon:
         topo = self.ctx.topology
         if msg.transfer_id in self.active:
             return "duplicate transfer id"
+        try:
+            check_id(msg.file_id, "file id")
+            check_id(msg.fileset, "fileset id")
+        except BadId as e:
+            return str(e)
         if msg.fileset not in topo.filesets:
             return f"unknown fileset {msg.fileset!r}"
         if msg.source not in topo.slaves or msg.destination not in topo.slaves:
@@ -264,7 +269,7 @@ class SlaveDaemon:
             dst = self.ctx.cluster.endpoint(ins.destination)
             self.outbound += 1
             try:
-                conn = await netio.connect(dst.host, dst.data, self.ctx.codec, timeout=5.0, window=ins.window,
+                conn = await netio.connect(dst.host, dst.push, self.ctx.codec, timeout=5.0, window=ins.window,
                                            source_host=self.ctx.cluster.endpoint(self.ctx.ident).host)
                 try:
                     conn.set_pacing(ins.rate)
@@ -355,6 +360,7 @@ class SlaveDaemon:
         control_host = self.ctx.cluster.control_host(self.ctx.ident)
         servers = [await netio.serve(control_host, ep.control, self.ctx.codec, self.handle_control, log=log)]
         servers.append(await netio.serve(ep.host, ep.data, self.ctx.codec, self.handle_data, log=log))
+        servers.append(await netio.serve(ep.host, ep.push, self.ctx.codec, self.handle_data, log=log))
         held = {fs: sum(r.size for r in self.rows(fs)) for fs in self.filesets}
         log(f"listening on {control_host}:{ep.control} (control) {ep.host}:{ep.data} (data); "
             f"filesets {','.join(self.filesets)}; holding {held}")
