@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scaledist.core.health import Health, HealthConfig, HealthTable
 
@@ -132,3 +134,24 @@ def test_table_unknown_resource_is_functioning() -> None:
     assert t.functioning(("S9", "f"))
     assert t.get(("S9", "f")).state == 1
     assert len(t) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(st.sampled_from(["attempt", "failure", "decay"]), max_size=400),
+    mode=st.sampled_from(["percent", "fixed"]),
+)
+def test_counts_never_negative_and_state_follows_the_thresholds(ops: list[str], mode: str) -> None:
+    """Property: any mix of attempts, failures and decays keeps counts >= 0 and the state consistent."""
+    cfg = HealthConfig(decay=mode)
+    h = Health(cfg)
+    for op in ops:
+        was = h.functioning
+        {"attempt": h.record_attempt, "failure": h.record_failure, "decay": h.decay}[op]()
+        assert h.failure_count >= 0 and h.attempts >= 0
+        if not h.functioning:
+            assert h.failure_count >= cfg.recovery_threshold
+        if was and not h.functioning:
+            assert h.failure_count >= cfg.failure_threshold
+        if not was and h.functioning:
+            assert h.failure_count < cfg.recovery_threshold
