@@ -30,10 +30,7 @@ def idle_slave_rss_mb(settle: float = 3.0) -> float:
         lc = LocalCluster(ROOT / "topologies" / "small.yaml", run_dir=Path(tmp) / "run", log=lambda s: None)
         try:
             topo = lc.topology
-            idents = [topo.resource_manager.id, *topo.masters, *topo.slaves]
-            for ident in idents:
-                lc.start_daemon(ident)
-            lc.wait_listening(idents)
+            lc.start_servers()
             time.sleep(settle)
             rss = [psutil.Process(lc.procs[s].pid).memory_info().rss for s in topo.slaves]
         finally:

@@ -146,13 +146,18 @@ class LocalCluster:
         """A connection to a daemon's control port; the testbed overrides it to connect from inside its network."""
         return socket.create_connection(addr, timeout=0.5)
 
-    def start(self) -> None:
+    def start_servers(self) -> None:
+        """The resource manager, masters and slaves, listening; nothing moves until a generator starts."""
         topo = self.topology
         self.t0 = time.monotonic()
         servers = [topo.resource_manager.id, *topo.masters, *topo.slaves]
         for ident in servers:
             self.start_daemon(ident)
         self.wait_listening(servers)
+
+    def start(self) -> None:
+        topo = self.topology
+        self.start_servers()
         for ident in topo.generators:
             self.start_daemon(ident)
         self.log(f"started {len(self.procs)} daemons ({len(topo.slaves)} slaves) at scale {self.scale:g}; "

@@ -39,11 +39,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """The servers of small.yaml, no generator: nothing moves unless a test makes it."""
     lc = LocalCluster(SMALL, run_dir=tmp_path_factory.mktemp("input") / "run", log=lambda s: None)
     try:
-        topo = lc.topology
-        idents = [topo.resource_manager.id, *topo.masters, *topo.slaves]
-        for ident in idents:
-            lc.start_daemon(ident)
-        lc.wait_listening(idents)
+        lc.start_servers()
         yield lc
     finally:
         lc.close()

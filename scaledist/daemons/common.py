@@ -77,6 +77,16 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]], log: Logger) -> int:
     return 0
 
 
+async def every(stop: asyncio.Event, period: float, tick: Callable[[], None]) -> None:
+    """Calls ``tick`` every ``period`` seconds until ``stop`` is set: the core's clock tick."""
+    while not stop.is_set():
+        tick()
+        try:
+            await asyncio.wait_for(stop.wait(), period)
+        except TimeoutError:
+            pass
+
+
 def spawn(coro: Awaitable[object], log: Logger, what: str) -> asyncio.Task[object]:
     """A background task whose failure is logged instead of lost."""
     task = asyncio.ensure_future(coro)

@@ -14,7 +14,7 @@ import msgspec
 
 from scaledist import netio
 from scaledist.core.master import Master, MasterConfig
-from scaledist.daemons.common import Context, now, run, spawn
+from scaledist.daemons.common import Context, every, now, run, spawn
 from scaledist.messages import (
     Ack,
     CopyInstruction,
@@ -109,13 +109,8 @@ class MasterDaemon:
             except TimeoutError:
                 pass
 
-    async def ticker(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            self.releases(self.core.tick(now()))
-            try:
-                await asyncio.wait_for(stop.wait(), 0.25)
-            except TimeoutError:
-                pass
+    def tick(self) -> None:
+        self.releases(self.core.tick(now()))
 
     async def main(self, stop: asyncio.Event) -> None:
         ep = self.ctx.cluster.endpoint(self.ctx.ident)
@@ -125,7 +120,7 @@ class MasterDaemon:
         self.ctx.log(f"listening on {host}:{ep.control}; filesets {owned}; mode {self.ctx.cluster.mode}; "
                      f"incarnation {self.incarnation} (starts empty, learns from slave reports)")
         tasks = [spawn(self.scheduler(stop), self.ctx.log, "scheduler"),
-                 spawn(self.ticker(stop), self.ctx.log, "ticker")]
+                 spawn(every(stop, 0.25, self.tick), self.ctx.log, "ticker")]
         await stop.wait()
         server.close()
         for t in tasks:

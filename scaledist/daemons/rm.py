@@ -11,7 +11,7 @@ import msgspec
 from scaledist import netio
 from scaledist.core.ledger import encode_jsonl
 from scaledist.core.resource_manager import ResourceManager
-from scaledist.daemons.common import Context, now, run, spawn
+from scaledist.daemons.common import Context, every, now, run, spawn
 from scaledist.messages import Ack, CopyRequest, Denial, Error, Release, SetCapacity, StatusQuery, StatusReply
 from scaledist.wire import ProtocolError
 
@@ -69,15 +69,9 @@ class RMDaemon:
         else:
             raise ProtocolError(f"resource manager does not accept {type(msg).__name__}")
 
-    async def ticker(self, stop: asyncio.Event) -> None:
-        period = max(0.05, self.ctx.topology.epoch / 8)
-        while not stop.is_set():
-            self.core.tick(now())
-            self.flush_ledger()
-            try:
-                await asyncio.wait_for(stop.wait(), period)
-            except TimeoutError:
-                pass
+    def tick(self) -> None:
+        self.core.tick(now())
+        self.flush_ledger()
 
     async def main(self, stop: asyncio.Event) -> None:
         ep = self.ctx.cluster.endpoint(self.ctx.ident)
@@ -85,7 +79,8 @@ class RMDaemon:
         server = await netio.serve(host, ep.control, self.ctx.codec, self.handle, log=self.ctx.log)
         self.ctx.log(f"listening on {host}:{ep.control}; epoch {self.ctx.topology.epoch}s; "
                      f"{len(self.ctx.topology.links)} links; ledger {self.ledger_path}")
-        ticker = spawn(self.ticker(stop), self.ctx.log, "ticker")
+        period = max(0.05, self.ctx.topology.epoch / 8)
+        ticker = spawn(every(stop, period, self.tick), self.ctx.log, "ticker")
         await stop.wait()
         server.close()
         ticker.cancel()
