@@ -1,0 +1,103 @@
+"""`scaledist-testbed`: run an experiment on the emulated network, check its links, clean up after a killed run.
+
+Bad input (a missing or inconsistent topology or scenario, a scale that makes a
+link slower than 8 kbit/s, not root, no Mininet) ends with one line naming the
+file, key and reason and exit code 2, before anything is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scaledist.cli import _positive, _scale
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scaledist-testbed", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def latency_opt(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--latency", choices=("auto", "netem", "nfqueue"), default="auto",
+                       help="how trunk latency is emulated: netem where the kernel has it, else the NFQUEUE "
+                            "delay line (default auto)")
+
+    r = sub.add_parser("run", help="build the network, run the daemons in it, distribute, verify, tear down")
+    r.add_argument("topology", help="topology YAML file, e.g. topologies/patent-fig1.yaml")
+    r.add_argument("--scenario", help="scenario YAML (default: a built-in scenario per fileset)")
+    r.add_argument("--scale", type=_scale, default=None,
+                   help="multiply bandwidths and sizes (default 'auto': blocks of at most 1 MiB)")
+    r.add_argument("--timeout", type=_positive, default=600.0, help="give up after this many seconds (600)")
+    r.add_argument("--mode", choices=("pull", "push"), default="pull", help="pull (default) or push, §0132")
+    latency_opt(r)
+    r.add_argument("--run-dir", help="run folder (default results/runs/<topology>-<UTC stamp>)")
+    r.add_argument("--keep-data", action="store_true",
+                   help="keep the slaves' data directories in the run folder (default: removed once verified)")
+    r.add_argument("--json", action="store_true", help="last stdout line: summary.json as one JSON object")
+
+    v = sub.add_parser("verify-links", help="measure every shaped link's bandwidth and latency against the topology")
+    v.add_argument("topology", help="topology YAML file")
+    v.add_argument("--scale", type=_scale, default=None, help="as for run (default 'auto')")
+    latency_opt(v)
+
+    sub.add_parser("clean", help="remove what a killed run left behind (interfaces, namespaces, rules, processes)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from scaledist.scenario import ScenarioError
+    from scaledist.topology_schema import TopologyError
+    from scaledist.units import UnitError
+    from testbed.addressing import TestbedError
+    from testbed.run import RunError
+
+    try:
+        return dispatch(args)
+    except (TopologyError, ScenarioError, UnitError, RunError, TestbedError) as e:
+        text = str(e)
+        prefix = "" if text.startswith(f"scaledist-testbed {args.command}") else f"scaledist-testbed {args.command}: "
+        print(prefix + text, file=sys.stderr)
+        return 2
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from testbed import run
+
+    if args.command == "run":
+        plan = run.plan_run(args.topology, args.scenario, args.scale)
+        return run.run_testbed(plan, timeout=args.timeout, mode=args.mode, latency=args.latency,
+                               run_dir=args.run_dir, as_json=args.json, keep_data=args.keep_data)
+    if args.command == "verify-links":
+        plan = run.plan_run(args.topology, None, args.scale, command="verify-links")
+        print(f"scale {plan.scale:g}{' (default)' if plan.scale_chosen else ''}", flush=True)
+        from testbed.verify import verify_links
+
+        result = verify_links(plan.topology_path, scale=plan.scale, latency=args.latency, log=print)
+        return 0 if verify_ok(result) else 1
+    if args.command == "clean":
+        run.check_machine("clean", mininet=False)
+        from testbed.cleanup import clean
+
+        removed = clean(log=print)  # prints one line per thing removed, or that there was nothing
+        if removed:
+            print(f"clean: removed {len(removed)} leftover{'s' if len(removed) != 1 else ''}")
+        return 0
+    raise AssertionError(args.command)
+
+
+MAX_BW_ERROR_PCT = 5.0
+MAX_LATENCY_ERROR_MS = 2.0
+
+
+def verify_ok(result: object) -> bool:
+    """The accuracy targets: every link's bandwidth within 5 % and latency within 2 ms of the topology."""
+    bw = getattr(result, "max_bw_error_pct", None)
+    lat = getattr(result, "max_latency_error_ms", None)
+    if bw is None or lat is None:
+        return bool(getattr(result, "ok", False))
+    return bw <= MAX_BW_ERROR_PCT and lat <= MAX_LATENCY_ERROR_MS
+
+
+if __name__ == "__main__":
+    sys.exit(main())
