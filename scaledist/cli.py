@@ -15,7 +15,7 @@ from scaledist.cluster import ClusterError
 from scaledist.units import UnitError
 
 
-def _scale(text: str) -> float | None:
+def scale_arg(text: str) -> float | None:
     if text == "auto":
         return None
     try:
@@ -27,7 +27,7 @@ def _scale(text: str) -> float | None:
     return value
 
 
-def _positive(text: str) -> float:
+def positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -61,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     lo = sub.add_parser("local", help="run everything as processes on loopback, distribute, verify, clean up")
     lo.add_argument("topology", help="topology YAML file, e.g. topologies/patent-fig1.yaml")
     lo.add_argument("--scenario", help="scenario YAML (default: a built-in scenario per fileset)")
-    lo.add_argument("--scale", type=_scale, default=None,
+    lo.add_argument("--scale", type=scale_arg, default=None,
                     help="multiply bandwidths and sizes (default 'auto': blocks of at most 1 MiB)")
-    lo.add_argument("--timeout", type=_positive, default=600.0, help="give up after this many seconds")
+    lo.add_argument("--timeout", type=positive_seconds, default=600.0, help="give up after this many seconds")
     lo.add_argument("--mode", choices=("pull", "push"), default="pull", help="pull (default) or push, §0132")
     lo.add_argument("--run-dir", help="folder for logs, ledger, data (default results/runs/local-...)")
     lo.add_argument("--json", action="store_true", help="last stdout line: one JSON summary")

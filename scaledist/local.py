@@ -245,12 +245,17 @@ class LocalCluster:
             result[fs] = (complete, len(slaves), held, wanted_bytes * len(slaves))
         return Progress(time.monotonic() - self.t0, result)
 
-    def wait(self, timeout: float, every: float = 1.0, show: bool = True) -> tuple[bool, dict[str, float]]:
-        """Polls the slaves' disks until every slave holds the final versions; returns completion times."""
-        deadline = time.monotonic() + timeout
+    def wait(self, timeout: float, every: float = 1.0, show: bool = True,
+             line: Callable[[Progress], str] | None = None) -> tuple[bool, dict[str, float]]:
+        """Polls the slaves' disks until every slave holds the final versions; returns completion times.
+
+        ``line`` renders the progress shown every ``every`` seconds (the testbed adds its trunk rates).
+        """
+        render = line or Progress.line
+        deadline = time.monotonic() + max(0.0, timeout)
         done_at: dict[str, float] = {}
-        last_show = 0.0
-        while time.monotonic() < deadline:
+        next_show = time.monotonic()
+        while True:
             for ident, proc in self.procs.items():
                 if ident not in self.topology.generators and proc.poll() is not None:
                     raise RuntimeError(f"{ident} died with exit code {proc.returncode}; see "
@@ -260,15 +265,15 @@ class LocalCluster:
             for fs, (c, n, _, _) in p.filesets.items():
                 if gens and c == n and fs not in done_at:
                     done_at[fs] = p.t
-            if show and time.monotonic() - last_show >= every:
-                self.log(p.line())
-                last_show = time.monotonic()
-            if gens and len(done_at) == len(self.topology.filesets):
-                if show:
-                    self.log(p.line())
+            finished = gens and len(done_at) == len(self.topology.filesets)
+            if show and (time.monotonic() >= next_show or finished):
+                next_show += every
+                self.log(render(p))
+            if finished:
                 return True, done_at
+            if time.monotonic() >= deadline:
+                return False, done_at
             time.sleep(0.2)
-        return False, done_at
 
     def verify(self) -> Verification:
         """Every slave's files compared byte for byte with the generator's copy."""
@@ -300,10 +305,10 @@ Spawn = Callable[[str, list[str], IO[bytes]], "subprocess.Popen[bytes]"]
 
 def _spawn_child(ident: str, cmd: list[str], logf: IO[bytes]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=_die_with_parent)
+                            start_new_session=True, preexec_fn=die_with_parent)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: SIGTERM when the launcher dies, even by SIGKILL, so no daemon outlives its run."""
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1

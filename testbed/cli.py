@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scaledist.cli import _positive, _scale
+from scaledist.cli import positive_seconds, scale_arg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="build the network, run the daemons in it, distribute, verify, tear down")
     r.add_argument("topology", help="topology YAML file, e.g. topologies/patent-fig1.yaml")
     r.add_argument("--scenario", help="scenario YAML (default: a built-in scenario per fileset)")
-    r.add_argument("--scale", type=_scale, default=None,
+    r.add_argument("--scale", type=scale_arg, default=None,
                    help="multiply bandwidths and sizes (default 'auto': blocks of at most 1 MiB)")
-    r.add_argument("--timeout", type=_positive, default=600.0, help="give up after this many seconds (600)")
+    r.add_argument("--timeout", type=positive_seconds, default=600.0, help="give up after this many seconds (600)")
     r.add_argument("--mode", choices=("pull", "push"), default="pull", help="pull (default) or push, §0132")
     latency_opt(r)
     r.add_argument("--run-dir", help="run folder (default results/runs/<topology>-<UTC stamp>)")
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify-links", help="measure every shaped link's bandwidth and latency against the topology")
     v.add_argument("topology", help="topology YAML file")
-    v.add_argument("--scale", type=_scale, default=None, help="as for run (default 'auto')")
+    v.add_argument("--scale", type=scale_arg, default=None, help="as for run (default 'auto')")
     latency_opt(v)
 
     sub.add_parser("clean", help="remove what a killed run left behind (interfaces, namespaces, rules, processes)")

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 from scaledist import storage
 from scaledist.cluster import Endpoint
-from scaledist.local import LocalCluster
+from scaledist.local import LocalCluster, die_with_parent
 from scaledist.scenario import Scenario, load_scenario
 from scaledist.topology import Topology
 from scaledist.topology_schema import load_topology
@@ -139,12 +139,6 @@ def plan_run(topology: str | Path, scenario: str | Path | None, scale: float | N
 # --- the daemons inside the network ---------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the launcher dies, even by SIGKILL (kept across mnexec's exec)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def connect_in_netns(pid: int, addr: tuple[str, int], timeout: float = 0.5) -> socket.socket:
     """A TCP connection made from inside the network namespace of process ``pid``.
 
@@ -184,7 +178,7 @@ class TestbedCluster(LocalCluster):
 
     def _spawn(self, ident: str, cmd: list[str], logf: IO[bytes]) -> subprocess.Popen[bytes]:
         return self.net.host(ident).popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          preexec_fn=_die_with_parent)
+                                          preexec_fn=die_with_parent)
 
     def probe(self, addr: tuple[str, int]) -> socket.socket:
         """Connects from the daemon's own host, where its address lives (the root namespace has no route)."""
@@ -438,7 +432,9 @@ def run_testbed(plan: Plan, *, timeout: float = 600.0, mode: str = "pull", laten
             meter.t_ref = time.monotonic()
             lc.start()
             sampler.sample()  # at once: a generator with little to write may be gone within the first second
-            completed, done_at = _watch(lc, meter, timeout - (time.monotonic() - t0), out)
+            meter.tick()
+            completed, done_at = lc.wait(timeout - (time.monotonic() - t0),
+                                         line=lambda p: f"{p.line()}  || {meter.line(meter.tick())}")
             if not completed:
                 error = f"timed out after {timeout:g}s"
         except Interrupted as e:
@@ -496,36 +492,6 @@ def _teardown_step(what: str, fn: Callable[[], object] | None, out: Callable[[st
         fn()
     except Exception as e:
         out(f"warning: {what} failed: {type(e).__name__}: {e}")
-
-
-def _watch(lc: TestbedCluster, meter: TrunkMeter, timeout: float, out: Callable[[str], None]
-           ) -> tuple[bool, dict[str, float]]:
-    """LocalCluster.wait's loop plus the trunks' measured rates once a second."""
-    topo = lc.topology
-    deadline = time.monotonic() + max(0.0, timeout)
-    done_at: dict[str, float] = {}
-    next_show = time.monotonic()
-    meter.tick()
-    while True:
-        for ident, proc in lc.procs.items():
-            if ident not in topo.generators and proc.poll() is not None:
-                raise RuntimeError(f"{ident} died with exit code {proc.returncode}; see "
-                                   f"{lc.run_dir / 'logs' / (ident + '.log')}")
-        gens = lc.generators_done()
-        p = lc.progress()
-        for fs, (c, n, _, _) in p.filesets.items():
-            if gens and c == n and fs not in done_at:
-                done_at[fs] = p.t
-        finished = gens and len(done_at) == len(topo.filesets)
-        if time.monotonic() >= next_show or finished:
-            next_show += 1.0
-            rates = meter.tick()
-            out(f"{p.line()}  || {meter.line(rates)}")
-        if finished:
-            return True, done_at
-        if time.monotonic() >= deadline:
-            return False, done_at
-        time.sleep(0.25)
 
 
 def _summarise(plan: Plan, lc: TestbedCluster | None, rdir: Path, mode: str, latency: str, latency_method: str,
