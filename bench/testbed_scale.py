@@ -36,7 +36,10 @@ def main() -> int:
           f"{s['files_verified']} files verified, {s['files_mismatched']} mismatched, "
           f"completion {s['completion_s'].get('overall')} s")
     for kind, d in sorted(s["daemons"].items()):
-        print(f"  {kind:10s} count={d.get('count')} cpu_s={d.get('cpu_s')} peak_rss_mb={d.get('peak_rss_mb')}")
+        if not isinstance(d, dict):
+            continue
+        print(f"  {kind:10s} count={d.get('count')} cpu_s={d.get('cpu_s')} cpu_pct={d.get('cpu_pct')} "
+              f"peak_rss_mb={d.get('peak_rss_mb')} sum_peak_rss_mb={d.get('sum_peak_rss_mb')}")
     slaves = s["daemons"].get("slave", {})
     print(f"testbed_slaves={s['slaves']} completed={s['completed']} "
           f"slave_peak_rss_mb={slaves.get('peak_rss_mb')} slave_cpu_s={slaves.get('cpu_s')}")

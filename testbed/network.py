@@ -651,12 +651,16 @@ class EmulatedNetwork:
 
     def _disable_offloads(self) -> None:
         """TSO/GSO/GRO off on every interface we made, so each qdisc sees (and counts) wire-size packets."""
-        for node_name, ifs in self._ifaces.items():
+        for node_name, all_ifs in self._ifaces.items():
             node = self.net[node_name]
-            script = "; ".join(f"ethtool -K {i} tso off gso off gro off 2>&1 | tr '\\n' ' '; echo" for i in ifs)
-            lines = node.cmd(script).splitlines()
-            for ifname, line in zip(ifs, lines, strict=False):
-                self._offloads_set[ifname] = line.strip() or "tso/gso/gro off"
+            # In chunks: a Mininet shell reads commands through a pty, whose line limit (4095 bytes) hangs
+            # node.cmd on a long line (the management bridge of a 128-slave network has 130+ ports).
+            for k in range(0, len(all_ifs), 16):
+                ifs = all_ifs[k:k + 16]
+                script = "; ".join(f"ethtool -K {i} tso off gso off gro off 2>&1 | tr '\\n' ' '; echo" for i in ifs)
+                lines = node.cmd(script).splitlines()
+                for ifname, line in zip(ifs, lines, strict=False):
+                    self._offloads_set[ifname] = line.strip() or "tso/gso/gro off"
         for slave, ifname in self._hil_attached.items():
             r = subprocess.run(["ethtool", "-K", ifname, "tso", "off", "gso", "off", "gro", "off"],
                                capture_output=True, text=True, check=False)
