@@ -341,6 +341,14 @@ def test_data_route_dc1_to_dc3_follows_trunk_path_hop_by_hop_and_by_counters(wor
         assert delta[link] >= got["bytes"], (link, delta[link])
 
 
+def _stats_at(net: Any, link: str) -> tuple[dict[str, int], float]:
+    """One link's counters and the moment they were read: the middle of the call (qdisc_stats() takes
+    a good fraction of a second, more on a busy machine, which would otherwise bend the rate)."""
+    a = time.monotonic()
+    stats = net.qdisc_stats()[link]
+    return stats, (a + time.monotonic()) / 2
+
+
 @needs_root
 def test_asymmetric_trunk_measured_both_ways(world: Any) -> None:
     """T1: 20 MB/s primary, 2 MB/s reverse (x0.1): a TCP stream each way, within 10 %."""
@@ -359,9 +367,9 @@ def test_asymmetric_trunk_measured_both_ways(world: Any) -> None:
             srv = _start(world, "dc1-r1-s2", "serve-recv", 5201, warm)
             cli = _start(world, "dc2-r3-s2", "connect-send", net.ip("dc1-r1-s2"), 5201, secs)
         time.sleep(warm)
-        s0, t0 = net.qdisc_stats()[link], time.monotonic()
-        time.sleep(secs - warm - 0.5)
-        s1, t1_ = net.qdisc_stats()[link], time.monotonic()
+        s0, t0 = _stats_at(net, link)
+        time.sleep(secs - warm - 1.0)
+        s1, t1_ = _stats_at(net, link)
         res = [_finish(cli), _finish(srv)]
         goodput = next(r for r in res if r)["goodput"]
         wire = (s1["bytes"] - s0["bytes"]) / (t1_ - t0)
