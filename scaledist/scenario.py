@@ -5,6 +5,11 @@ it.  Sizes are written in real units (a 640MiB index) and scaled together with
 the topology's bandwidths by ``Scenario.scaled``, so an experiment keeps the
 patent's proportions at whatever speed one machine can emulate.
 
+An optional ``cross_traffic:`` list declares background load from other
+applications sharing a link (§0114), e.g. ``{link: trunk/T1, rate: 2MB/s,
+start: 5s, duration: 20s}``: ``traffic.crossload`` sends it during the run.
+Its rate is scaled with the run like every bandwidth; times are not.
+
 Validated like topology files: every error names file, line, key and reason.
 """
 
@@ -24,6 +29,7 @@ from scaledist.topology_schema import (
 )
 
 __all__ = [
+    "CrossTraffic",
     "FilePlan",
     "FilesetPlan",
     "Scenario",
@@ -77,15 +83,27 @@ class FilesetPlan:
 
 
 @dataclass(frozen=True)
+class CrossTraffic:
+    """Background load on one link direction: ``rate`` bytes/s from ``start`` for ``duration`` seconds."""
+
+    link: str  # a topology link id, e.g. trunk/T1
+    rate: float  # bytes/s (IP bytes on the wire)
+    start: float  # seconds after the resource manager's epoch 0 began
+    duration: float
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     filesets: dict[str, FilesetPlan]
+    cross_traffic: tuple[CrossTraffic, ...] = ()
 
     def scaled(self, factor: float) -> Scenario:
-        """Sizes and generation rates times ``factor`` (>= 1 byte each); times unchanged, like Topology.scaled."""
+        """Sizes and rates times ``factor`` (>= 1 byte each); times unchanged, like Topology.scaled."""
         if factor <= 0:
             raise ValueError(f"scale must be positive, got {factor}")
-        return Scenario(self.name, {fs: plan.scaled(factor) for fs, plan in self.filesets.items()})
+        return Scenario(self.name, {fs: plan.scaled(factor) for fs, plan in self.filesets.items()},
+                        tuple(CrossTraffic(c.link, c.rate * factor, c.start, c.duration) for c in self.cross_traffic))
 
     def total_bytes(self) -> int:
         """Bytes all generators write: every file and every update, once (not times the slaves)."""
@@ -124,7 +142,7 @@ def load_scenario(path: str | Path, topology: Topology) -> Scenario:
 def load_scenario_text(text: str, topology: Topology, source: str = "<string>") -> Scenario:
     root = parse_document(text, source, ScenarioError)
     check_version(root)
-    top = root.mapping(("version", "name", "filesets"), ("version", "name", "filesets"))
+    top = root.mapping(("version", "name", "filesets", "cross_traffic"), ("version", "name", "filesets"))
     name = top["name"].ident("a scenario name")
     # One namespace for file ids: a slave stores files by id, and the FileSet
     # file of fileset X (itself distributed like any file, §0124) has file id X
@@ -141,7 +159,20 @@ def load_scenario_text(text: str, topology: Topology, source: str = "<string>") 
         plans[fs] = _read_fileset(value, fs, topology, file_owner)
     if not plans:
         top["filesets"].fail("no filesets: name at least one fileset of the topology")
-    return Scenario(name, plans)
+    cross = tuple(_read_cross(item, topology) for item in top["cross_traffic"].sequence()) \
+        if "cross_traffic" in top else ()
+    return Scenario(name, plans, cross)
+
+
+def _read_cross(node: SpecNode, topology: Topology) -> CrossTraffic:
+    m = node.mapping(("link", "rate", "start", "duration"), ("link", "rate", "duration"))
+    link = m["link"].text("a link id such as trunk/T1")
+    if link not in topology.links:
+        trunks = [lid for lid in topology.links if lid.startswith("trunk/")]
+        m["link"].fail(f"unknown link {link!r} in topology {topology.name} (trunks: {', '.join(trunks) or 'none'})"
+                       f"{did_you_mean(link, topology.links)}")
+    start = m["start"].duration("start") if "start" in m else 0.0
+    return CrossTraffic(link, m["rate"].rate("rate"), start, m["duration"].duration("duration", strict=True))
 
 
 def _read_fileset(

@@ -12,6 +12,12 @@ Links are directional and named by strings:
     trunk/<id>                       a trunk in its primary direction (start -> end)
     trunk/<id>/rev                   the same trunk's reverse direction (ACKs, control)
 
+A trunk may carry a ``budget`` (and ``reverse_budget``) besides its physical
+``bandwidth``: the capacity the resource manager is told, adjusted for other
+traffic sharing the link (§0114).  ``Link.capacity`` is what the resource
+manager reserves against (the budget when given); ``Link.physical`` is what the
+link carries (the testbed shapes that).  Without a budget the two are equal.
+
 A copy from slave A to slave B crosses only the levels it must (§0041-0042):
 same rack: A up, B down; same datacenter: + A's rack up, B's rack down; other
 datacenter: + A's dc up, the trunks in primary direction, B's dc down.
@@ -64,9 +70,20 @@ class Trunk:
     id: str
     start: str  # datacenter the primary direction leaves
     end: str
-    bandwidth: float  # primary direction, bytes/s
+    bandwidth: float  # primary direction, bytes/s: what the link physically carries
     reverse_bandwidth: float
     latency: float  # one-way seconds
+    budget: float | None = None  # primary direction, bytes/s the resource manager is told (§0114); None = bandwidth
+    reverse_budget: float | None = None  # None = reverse_bandwidth
+
+    @property
+    def primary_capacity(self) -> float:
+        """What the resource manager reserves against in the primary direction."""
+        return self.bandwidth if self.budget is None else self.budget
+
+    @property
+    def reverse_capacity(self) -> float:
+        return self.reverse_bandwidth if self.reverse_budget is None else self.reverse_budget
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,12 @@ class Link:
     kind: LinkKind
     owner: str  # the slave, rack, datacenter or trunk id
     direction: Literal["up", "down", "primary", "reverse"]
-    capacity: float  # bytes/s
+    capacity: float  # bytes/s the resource manager reserves against (a trunk's budget when it has one)
+    physical: float | None = None  # bytes/s the link carries (the testbed shapes this); None = capacity
+
+    def __post_init__(self) -> None:
+        if self.physical is None:
+            object.__setattr__(self, "physical", self.capacity)
 
 
 @dataclass(frozen=True)
@@ -143,8 +165,9 @@ class Topology:
             out[f"dc/{d.id}/up"] = Link(f"dc/{d.id}/up", "dc", d.id, "up", d.outbound)
             out[f"dc/{d.id}/down"] = Link(f"dc/{d.id}/down", "dc", d.id, "down", d.inbound)
         for t in self.trunks.values():
-            out[f"trunk/{t.id}"] = Link(f"trunk/{t.id}", "trunk", t.id, "primary", t.bandwidth)
-            out[f"trunk/{t.id}/rev"] = Link(f"trunk/{t.id}/rev", "trunk", t.id, "reverse", t.reverse_bandwidth)
+            out[f"trunk/{t.id}"] = Link(f"trunk/{t.id}", "trunk", t.id, "primary", t.primary_capacity, t.bandwidth)
+            out[f"trunk/{t.id}/rev"] = Link(f"trunk/{t.id}/rev", "trunk", t.id, "reverse", t.reverse_capacity,
+                                            t.reverse_bandwidth)
         return out
 
     @cached_property
@@ -262,6 +285,9 @@ class Topology:
         def bw(x: float) -> float:
             return x * factor
 
+        def opt(x: float | None) -> float | None:
+            return None if x is None else x * factor
+
         return replace(
             self,
             datacenters={
@@ -270,7 +296,8 @@ class Topology:
             racks={k: replace(v, inbound=bw(v.inbound), outbound=bw(v.outbound)) for k, v in self.racks.items()},
             slaves={k: replace(v, inbound=bw(v.inbound), outbound=bw(v.outbound)) for k, v in self.slaves.items()},
             trunks={
-                k: replace(v, bandwidth=bw(v.bandwidth), reverse_bandwidth=bw(v.reverse_bandwidth))
+                k: replace(v, bandwidth=bw(v.bandwidth), reverse_bandwidth=bw(v.reverse_bandwidth),
+                           budget=opt(v.budget), reverse_budget=opt(v.reverse_budget))
                 for k, v in self.trunks.items()
             },
             block_size=max(4096, round(self.block_size * factor / 4096) * 4096),
@@ -278,7 +305,11 @@ class Topology:
         )
 
     def with_capacity(self, link_id: str, bytes_per_s: float) -> Topology:
-        """A copy with one link's capacity replaced (tests and adjusted budgets)."""
+        """A copy with one link's capacity replaced (tests and adjusted budgets).
+
+        For a trunk with a budget in that direction the budget is replaced (the physical bandwidth stays);
+        without one, the bandwidth (capacity and physical alike), as before budgets existed.
+        """
         link = self.links[link_id]
         if link.kind == "slave":
             s = self.slaves[link.owner]
@@ -294,7 +325,9 @@ class Topology:
             return replace(self, datacenters={**self.datacenters, d.id: new_d})
         t = self.trunks[link.owner]
         if link.direction == "primary":
-            new_t = replace(t, bandwidth=bytes_per_s)
-        else:
+            new_t = (replace(t, bandwidth=bytes_per_s) if t.budget is None else replace(t, budget=bytes_per_s))
+        elif t.reverse_budget is None:
             new_t = replace(t, reverse_bandwidth=bytes_per_s)
+        else:
+            new_t = replace(t, reverse_budget=bytes_per_s)
         return replace(self, trunks={**self.trunks, t.id: new_t})

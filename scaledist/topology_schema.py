@@ -541,7 +541,7 @@ class _TopologyReader:
         out: dict[str, Trunk] = {}
         keys = ("id", "from", "to", "bandwidth", "reverse_bandwidth", "latency")
         for item in node.sequence():
-            m = item.mapping(keys, keys)
+            m = item.mapping((*keys, "budget", "reverse_budget"), keys)
             tid = self.claim(m["id"].ident(), "trunk", m["id"])
             start = self.ref(m["from"], "datacenter", dcs)
             end = self.ref(m["to"], "datacenter", dcs)
@@ -554,6 +554,9 @@ class _TopologyReader:
                 m["bandwidth"].rate(),
                 m["reverse_bandwidth"].rate("reverse bandwidth"),
                 m["latency"].duration("latency"),
+                # §0114: what the resource manager is told, when other traffic shares the trunk (default: all of it)
+                m["budget"].rate("budget") if "budget" in m else None,
+                m["reverse_budget"].rate("reverse budget") if "reverse_budget" in m else None,
             )
         return out
 

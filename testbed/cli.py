@@ -1,4 +1,4 @@
-"""`scaledist-testbed`: run an experiment on the emulated network, check its links, clean up after a killed run.
+"""`scaledist-testbed`: run an experiment on the emulated network, check its links, report, clean up.
 
 Bad input (a missing or inconsistent topology or scenario, a scale that makes a
 link slower than 8 kbit/s, not root, no Mininet) ends with one line naming the
@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     latency_opt(v)
 
     sub.add_parser("clean", help="remove what a killed run left behind (interfaces, namespaces, rules, processes)")
+
+    rep = sub.add_parser("report", help="(re)write a run folder's report: summary.json, CSVs, plots, report.html")
+    rep.add_argument("run_dir", help="run folder, e.g. results/runs/small-20260101T000000Z")
+    c = sub.add_parser("compare", help="two runs side by side: a table, and overlaid plots in a folder")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.add_argument("--out", help="folder for the overlaid plots (default: next to RUN_A, compare-<A>--<B>)")
     return p
 
 
@@ -82,6 +89,24 @@ def dispatch(args: argparse.Namespace) -> int:
         removed = clean(log=print)  # prints one line per thing removed, or that there was nothing
         if removed:
             print(f"clean: removed {len(removed)} leftover{'s' if len(removed) != 1 else ''}")
+        return 0
+    if args.command in ("report", "compare"):
+        from pathlib import Path
+
+        for d in (args.run_dir,) if args.command == "report" else (args.run_a, args.run_b):
+            if not (Path(d) / "summary.json").is_file():
+                raise run.RunError(f"{d}: not a run folder (no summary.json)")
+        if args.command == "compare":
+            from results.compare import compare
+
+            compare(args.run_a, args.run_b, args.out)
+            return 0
+        from results.report import verdict_line, write_report
+
+        a = write_report(args.run_dir)
+        for n in a["notes"]:
+            print(f"note: {n}")
+        print(verdict_line(a))
         return 0
     raise AssertionError(args.command)
 

@@ -331,7 +331,10 @@ class EmulatedNetwork:
             import mininet.net  # noqa: F401
         except ImportError as e:
             raise TestbedError("Mininet is not importable; install it (apt-get install --no-install-recommends "
-                               "mininet) and use /work/main/.venv/bin/python") from e
+                               "mininet) and use the repository's .venv/bin/python (bash scripts/setup.sh)") from e
+        if self.hil and self.topology.control == "management":
+            raise TestbedError("a hardware-in-the-loop slave has no interface on the management network, so its "
+                               "reports could not reach its master; use 'control: trunks' in the topology")
         for slave, ifname in self.hil.items():
             if slave not in self.topology.slaves:
                 raise TestbedError(f"hardware in the loop names {slave!r}, which is not a slave of the topology")
@@ -359,10 +362,10 @@ class EmulatedNetwork:
         for link in self.topology.links.values():
             if link.kind == "trunk":
                 t = self.topology.trunks[link.owner]
-                cfg = shaping.plan_link(link.id, link.capacity, rtt=2 * t.latency,
+                cfg = shaping.plan_link(link.id, float(link.physical or link.capacity), rtt=2 * t.latency,
                                         delay=t.latency if delayed else 0.0, netem=netem)
             else:
-                cfg = shaping.plan_link(link.id, link.capacity, rtt=shaping.MIN_RTT)
+                cfg = shaping.plan_link(link.id, float(link.physical or link.capacity), rtt=shaping.MIN_RTT)
             self._htb[link.id] = cfg
 
     def _route_tables(self) -> dict[tuple[str, int], dict[str, _Hop]]:

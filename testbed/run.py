@@ -42,6 +42,7 @@ from scaledist.topology import Topology
 from scaledist.topology_schema import load_topology
 from scaledist.units import fmt_rate
 from testbed.daemons import DaemonSampler
+from traffic.measure import Measurement
 
 MIN_RATE = 1000.0  # bytes/s: 8 kbit/s, the slowest rate an HTB class shapes sensibly
 # Default scale: blocks of at most this many bytes.  Measured on the 2-core CI machine:
@@ -92,12 +93,12 @@ def check_scale(topology: Topology, scale: float, source: str) -> None:
     """Refuse a scale that makes any link slower than 8 kbit/s, naming the slowest such link."""
     if scale <= 0:
         raise RunError(f"--scale must be > 0, got {scale:g}")
-    slow = sorted((link.capacity * scale, lid) for lid, link in topology.links.items()
-                  if link.capacity * scale < MIN_RATE)
+    shaped = {lid: float(link.physical or link.capacity) for lid, link in topology.links.items()}  # what HTB gets
+    slow = sorted((cap * scale, lid) for lid, cap in shaped.items() if cap * scale < MIN_RATE)
     if slow:
         rate, lid = slow[0]
-        cap = topology.links[lid].capacity
-        need = MIN_RATE / min(link.capacity for link in topology.links.values())
+        cap = shaped[lid]
+        need = MIN_RATE / min(shaped.values())
         more = f" (and {len(slow) - 1} more links)" if len(slow) > 1 else ""
         raise RunError(f"{source}: {lid}: {fmt_rate(cap)} x scale {scale:g} = {rate:.0f} B/s is slower than "
                        f"8 kbit/s (1000 B/s){more}; use --scale {need:.3g} or more")
@@ -400,6 +401,7 @@ def run_testbed(plan: Plan, *, timeout: float = 600.0, mode: str = "pull", laten
     lc: TestbedCluster | None = None
     sampler: DaemonSampler | None = None
     meter: TrunkMeter | None = None
+    measurement: Measurement | None = None  # traffic/: epochs.jsonl, capture/, flows.json, measurement.json
     completed = False
     done_at: dict[str, float] = {}
     error = ""
@@ -429,6 +431,8 @@ def run_testbed(plan: Plan, *, timeout: float = 600.0, mode: str = "pull", laten
             qdisc_before = meter.stats()
             sampler = DaemonSampler(lc.kinds)
             sampler.start()
+            measurement = Measurement(net, t, rdir, scenario=plan.scenario, scale=plan.scale, log=out)
+            measurement.start(lc)  # tcpdump on the trunks and the epoch sampler's baseline, before the daemons
             meter.t_ref = time.monotonic()
             lc.start()
             sampler.sample()  # at once: a generator with little to write may be gone within the first second
@@ -456,6 +460,7 @@ def run_testbed(plan: Plan, *, timeout: float = 600.0, mode: str = "pull", laten
                 with contextlib.suppress(Exception):
                     qdisc_after = meter.stats()
             _teardown_step("stop daemons", lc.close if lc else None, out)
+            _teardown_step("stop measurement", measurement.stop if measurement else None, out)  # before the network
             if net is not None:
                 try:
                     audit = dict(net.audit())
@@ -464,6 +469,7 @@ def run_testbed(plan: Plan, *, timeout: float = 600.0, mode: str = "pull", laten
             if meter is not None:
                 meter.close()
             _teardown_step("tear down the network", net.stop if net is not None else None, out)
+            _teardown_step("write measurement", measurement.finish if measurement else None, out)
             summary = _summarise(plan, lc, rdir, mode, latency, latency_method, completed, done_at, error,
                                  sampler, meter, qdisc_before, qdisc_after, t0)
             if audit:
@@ -473,6 +479,10 @@ def run_testbed(plan: Plan, *, timeout: float = 600.0, mode: str = "pull", laten
             (rdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
             if lc is not None and not keep_data:
                 shutil.rmtree(rdir / "data", ignore_errors=True)
+    if summary:  # the run ends in its report: verdict per trunk, CSVs, plots, report.html (results/)
+        from results.report import report_after_run
+
+        summary = report_after_run(rdir, out) or summary
     _report(summary, out)
     if as_json:
         print(json.dumps(summary), flush=True)
@@ -515,7 +525,7 @@ def _summarise(plan: Plan, lc: TestbedCluster | None, rdir: Path, mode: str, lat
     wall = max(1e-9, time.monotonic() - t0)
     trunks = {}
     for tid, tr in sorted(topo.trunks.items()):
-        for link, budget in ((f"trunk/{tid}", tr.bandwidth), (f"trunk/{tid}/rev", tr.reverse_bandwidth)):
+        for link, budget in ((f"trunk/{tid}", tr.primary_capacity), (f"trunk/{tid}/rev", tr.reverse_capacity)):
             d = delta.get(link, {})
             trunks[link] = {
                 "budget_Bps": budget,

@@ -387,7 +387,7 @@ def intra_dc_path(a: Endpoint, b: Endpoint) -> tuple[str, ...] | None:
 
 def candidates(topology: Topology, target: str, eps: Sequence[Endpoint]) -> list[Measurement]:
     """Ways to measure ``target``, best first: fewest links lifted, then fewest links involved."""
-    caps = {k: v.capacity for k, v in topology.links.items()}
+    caps = {k: float(v.physical or v.capacity) for k, v in topology.links.items()}  # what is shaped
     c = caps[target]
     if target.startswith("trunk/"):
         tid = target.split("/")[1]

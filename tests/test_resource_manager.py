@@ -173,17 +173,38 @@ def test_release_stops_future_carries() -> None:
     assert rm.release(4.0, "late") is False  # already gone: ignored
 
 
-def test_carry_is_clamped_to_what_the_pool_has() -> None:
+def test_carry_after_a_capacity_cut_below_the_running_rate_is_clamped() -> None:
     rm = ResourceManager(one_rack())
     g = grant(rm, 1.9, req("f2", 128 * MB))
     assert g.rate == 500 * MB  # open pool: the whole link
     rm.set_capacity(1.95, S1UP, 10 * MB)  # next epoch: 20 MB on s1's uplink
     rm.take_ledger()
     rm.tick(2.0)
-    carries = {r.link: r for r in rm.take_ledger() if r.kind == "carry"}
-    assert carries[S1UP].bytes == 20 * MB and carries[S1UP].reason == f"clamped: wanted {78 * MB} B"
-    assert carries[S2DOWN].bytes == 78 * MB and carries[S2DOWN].reason == ""
+    carries = [r for r in rm.take_ledger() if r.kind == "carry"]
+    up = [r for r in carries if r.link == S1UP]
+    assert sum(r.bytes for r in up) == 20 * MB  # never beyond capacity x epoch
+    assert any(r.reason == f"clamped: {58 * MB} B found no room on the link" for r in up)
+    down = [r for r in carries if r.link == S2DOWN]
+    assert [(r.bytes, r.reason) for r in down] == [(78 * MB, "")]
     assert pool(rm, S1UP, "P2")["remaining"] == 0
+
+
+def test_a_carry_larger_than_its_pool_spills_into_the_other_pools() -> None:
+    """A running P1 copy keeps its 500 MB/s into an epoch where P1 was allotted only 1/5 of the link:
+    the ledger must reserve every byte it will send, taking the rest from the other pools."""
+    t = make_topology({"DC1": {"R1": 4}}, [], slave_bw=500 * MB, filesets={"f1": "P1", "f4": "P4"},
+                      block_size=2000 * MB)
+    rm = ResourceManager(t)
+    g = grant(rm, 1.0, req("f1", 2000 * MB))
+    assert g.rate == 500 * MB
+    flag(rm, 1.5, "R1-s1", "R1-s2", "f4")  # denied (no rate left) but flags P4 on the same links
+    rm.take_ledger()
+    rm.tick(2.0)
+    up = [r for r in rm.take_ledger() if r.kind == "carry" and r.link == S1UP]
+    assert sum(r.bytes for r in up) == 1000 * MB  # 500 MB/s x 2 s: all of it reserved
+    assert [(r.priority, r.bytes) for r in up] == [("P1", 200 * MB), ("P4", 800 * MB)]
+    assert up[1].reason == "spilled from P1"
+    assert pool(rm, S1UP, "P1")["remaining"] == 0 and pool(rm, S1UP, "P4")["remaining"] == 0
 
 
 # --- §0141 / §0142: downgrade, never upgrade ----------------------------------------

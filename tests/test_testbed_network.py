@@ -8,6 +8,7 @@ byte counters over the measuring window) and as TCP goodput.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -425,7 +426,10 @@ def test_hardware_in_the_loop_interface_is_borrowed_not_deleted(tmp_path: Path) 
 
     subprocess.run(["ip", "link", "add", "hilt0", "type", "veth", "peer", "name", "hilt1"], check=True)
     try:
-        topo = load_topology(SMALL).scaled(SCALE)
+        with pytest.raises(TestbedError, match="management network"):  # its reports could not reach M1
+            EmulatedNetwork(load_topology(SMALL).scaled(SCALE), run_dir=tmp_path, latency="none",
+                            log=lambda _s: None, hil={"dc1-r2-s2": "hilt0"}).start()
+        topo = dataclasses.replace(load_topology(SMALL).scaled(SCALE), control="trunks")
         net = EmulatedNetwork(topo, run_dir=tmp_path, latency="none", log=lambda _s: None,
                               hil={"dc1-r2-s2": "hilt0"})
         with net:

@@ -109,10 +109,11 @@ def test_small_run_verifies_every_file_and_leaves_nothing(tmp_path: Path) -> Non
         assert daemons[kind]["cpu_s"] > 0, kind
         assert daemons[kind]["peak_rss_mb"] > 5, kind
     # block data left DC1 over the trunks and was counted by their qdiscs
-    trunk_bytes = sum(v["bytes"] or 0 for k, v in summary["trunks"].items() if not k.endswith("/rev"))
+    directions = summary["trunk_directions"]  # the testbed's per-direction figures; "trunks" holds the verdicts
+    trunk_bytes = sum(v["bytes"] or 0 for k, v in directions.items() if not k.endswith("/rev"))
     assert trunk_bytes > 2 * 2**20
     assert summary["qdisc"]["after"]["trunk/T1"]["bytes"] > summary["qdisc"]["before"]["trunk/T1"]["bytes"]
-    t1 = summary["trunks"]["trunk/T1"]  # interface counters (per second) agree with the qdisc's (before/after)
+    t1 = directions["trunk/T1"]  # interface counters (per second) agree with the qdisc's (before/after)
     assert 0 < t1["sent_bytes"] <= t1["bytes"]
     assert t1["peak_over_budget"] < 1.25  # the 5 MB/s budget held (HTB burst allowance aside)
     assert (run_dir / "ledger.jsonl").stat().st_size > 0

@@ -36,9 +36,11 @@ Decisions (the patent leaves these open; see also ``epochs.py``)
   allocation, a still-active transfer reserves ``min(R x epoch, bytes left)`` on
   each link from the pool the same rule picks. A transfer already running is
   never cut off: if no pool fits it (its priority is no longer allocated there),
-  it is charged to the lowest allocated pool. A carry takes at most what the pool
-  has left (clamped, noted in the ledger), so the bytes reserved on a link in an
-  epoch never exceed capacity x epoch.
+  it is charged to the lowest allocated pool. A carry larger than what its pool
+  has left takes the rest from the link's other pools, lowest priority first
+  (the sender keeps its rate, so the bytes will flow), noted in the ledger; the
+  bytes reserved on a link in an epoch still never exceed capacity x epoch,
+  because the rates of active transfers never exceed the link's capacity.
 * Releasing a transfer frees its rate and stops its carries; bytes already
   reserved this epoch stay reserved (the RM cannot know how many were sent).
 * A grant lapses at ``expires_at = now + 3 x size / R + 2 x epoch`` unless
@@ -571,14 +573,46 @@ class ResourceManager:
                         if got > carry:
                             got = carry
                         ls.remaining[k] -= got
+                        short = carry - got
                         append(
                             LedgerRecord(
                                 "carry", e, t0, ls.id, names[k], got, rate, req.transfer_id, tr.source,
                                 req.destination, req.fileset, req.file_id, req.block, True,
-                                "" if got == carry else f"clamped: wanted {carry} B",
+                                "" if not short else f"pool short by {short} B: rest from other pools",
                             )
                         )
+                        if short:
+                            self._spill(ls, k, short, e, t0, tr)
         self._epoch_end = epoch_start(self._epoch + 1, self._start, length)
+
+    def _spill(self, ls: _Link, k: int, short: int, e: int, t0: float, tr: _Transfer) -> None:
+        """A running transfer's carry that its own pool cannot hold is taken from the link's other pools,
+        lowest priority first: the sender keeps pacing at its granted rate, so those bytes will cross the
+        link whatever the pools say, and a reservation that does not count them would be a lie.
+        It always fits: the rates of active transfers never exceed the link's capacity."""
+        req = tr.req
+        names = self._names
+        for j in range(len(ls.remaining)):
+            if short <= 0:
+                break
+            if j == k or ls.remaining[j] <= 0:
+                continue
+            take = min(ls.remaining[j], short)
+            ls.remaining[j] -= take
+            short -= take
+            self._ledger.append(
+                LedgerRecord(
+                    "carry", e, t0, ls.id, names[j], take, tr.rate, req.transfer_id, tr.source, req.destination,
+                    req.fileset, req.file_id, req.block, True, f"spilled from {names[k]}",
+                )
+            )
+        if short > 0:  # only after a capacity cut below the rates already running (set_capacity)
+            self._ledger.append(
+                LedgerRecord(
+                    "carry", e, t0, ls.id, names[k], 0, tr.rate, req.transfer_id, tr.source, req.destination,
+                    req.fileset, req.file_id, req.block, True, f"clamped: {short} B found no room on the link",
+                )
+            )
 
     def _expire(self, t: float) -> None:
         """Let every grant whose ``expires_at`` <= t lapse (rate freed, 'expire' record)."""

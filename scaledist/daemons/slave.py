@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -41,6 +42,16 @@ class TransferFailed(Exception):
         super().__init__(detail)
         self.detail = detail
         self.blame = blame
+
+
+def log_flow(log: Callable[[str], None], transfer_id: str, conn: netio.Conn, *, sending: bool) -> None:
+    """``flow <transfer_id> <data sender ip:port> > <data receiver ip:port>``: lets a capture tie packets to a transfer.
+
+    Written by both ends of every data connection, always in the direction the block bytes flow, so
+    traffic.flows can match a 5-tuple seen on a trunk to the ledger's transfer whichever log survives.
+    """
+    src, dst = (conn.local, conn.peer) if sending else (conn.peer, conn.local)
+    log(f"flow {transfer_id} {src} > {dst}")
 
 
 class SlaveDaemon:
@@ -215,6 +226,7 @@ class SlaveDaemon:
                                            source_host=self.ctx.cluster.endpoint(self.ctx.ident).host)
             except OSError as e:
                 raise TransferFailed(f"cannot reach {ins.source}: {e}") from e
+            log_flow(self.ctx.log, ins.transfer_id, conn, sending=False)
             try:
                 await conn.send(BlockGet(transfer_id=ins.transfer_id, fileset=ins.fileset, file_id=ins.file_id,
                                          version=ins.version, block=ins.block, rate=ins.rate, window=ins.window))
@@ -271,6 +283,7 @@ class SlaveDaemon:
             try:
                 conn = await netio.connect(dst.host, dst.push, self.ctx.codec, timeout=5.0, window=ins.window,
                                            source_host=self.ctx.cluster.endpoint(self.ctx.ident).host)
+                log_flow(self.ctx.log, ins.transfer_id, conn, sending=True)
                 try:
                     conn.set_pacing(ins.rate)
                     await conn.send(BlockPut(transfer_id=ins.transfer_id, fileset=ins.fileset, file_id=ins.file_id,
@@ -315,6 +328,7 @@ class SlaveDaemon:
             self.ctx.log(f"cannot serve {get.transfer_id} {get.fileset}/{get.file_id}@{get.version}#{get.block}: {e}")
             await conn.send(BlockHeader(transfer_id=get.transfer_id, ok=False, reason=str(e)[:500]))
             return
+        log_flow(self.ctx.log, get.transfer_id, conn, sending=True)
         self.outbound += 1
         try:
             if get.window > 0:
@@ -328,6 +342,7 @@ class SlaveDaemon:
 
     async def receive_put(self, conn: netio.Conn, put: BlockPut) -> None:
         t0 = time.monotonic()
+        log_flow(self.ctx.log, put.transfer_id, conn, sending=False)
         if put.fileset not in self.filesets or not 0 < put.length <= self.ctx.topology.block_size:
             await conn.send(BlockAck(transfer_id=put.transfer_id, ok=False, reason="not wanted here or bad length",
                                      blame="other"))
