@@ -146,7 +146,11 @@ class ResourceManager:
         epoch: float | None = None,
         start: float = 0.0,
         min_rate_fraction: float = 0.25,
+        payload_fraction: float = 1.0,
     ) -> None:
+        """``payload_fraction``: the share of a link's bytes that can be block data. 1.0 reserves against the
+        topology's figures as the patent does; the daemon passes ~0.95 because the wire also carries each
+        frame's Ethernet/IP/TCP headers (66 of every 1514 bytes), which the grants' payload rates do not."""
         length = float(topology.epoch if epoch is None else epoch)
         if not length > 0 or not math.isfinite(length):
             raise ValueError(f"epoch length must be a positive number of seconds, got {epoch!r}")
@@ -156,6 +160,9 @@ class ResourceManager:
         self._length = length
         self._start = float(start)
         self._frac = float(min_rate_fraction)
+        if not 0 < payload_fraction <= 1:
+            raise ValueError(f"payload_fraction must be within (0, 1], got {payload_fraction}")
+        self._payload = float(payload_fraction)
         self._prios = tuple(sorted(topology.priorities, key=lambda p: p.level))
         self._n = len(self._prios)
         self._pindex = {p.name: i for i, p in enumerate(self._prios)}
@@ -214,7 +221,7 @@ class ResourceManager:
         ls = self._link(link)
         if ls.epoch != self._epoch:
             self._set_pools(ls, 0, None)
-        ls.capacity = float(bytes_per_s)
+        ls.capacity = float(bytes_per_s) * self._payload
         if ls.past == 0:  # an OPEN pool's rate is the link's capacity; its bytes stay as allocated
             ls.prate = (*ls.prate[: self._n], ls.capacity)
 
@@ -474,7 +481,7 @@ class ResourceManager:
     def _link(self, link_id: str) -> _Link:
         ls = self._links.get(link_id)
         if ls is None:
-            ls = self._links[link_id] = _Link(link_id, float(self.topology.links[link_id].capacity))
+            ls = self._links[link_id] = _Link(link_id, float(self.topology.links[link_id].capacity) * self._payload)
         return ls
 
     # --- epochs (FIG. 9) ----------------------------------------------------
