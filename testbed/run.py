@@ -16,7 +16,6 @@ real trunk latency.  The order is fixed so that nothing is ever left half-built:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.metadata
 import json
 import os
@@ -26,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from scaledist.topology import Topology
 from scaledist.topology_schema import load_topology
 from scaledist.units import fmt_rate
 from testbed.daemons import DaemonSampler
+from testbed.netns import socket_in_netns
 from traffic.measure import Measurement
 
 MIN_RATE = 1000.0  # bytes/s: 8 kbit/s, the slowest rate an HTB class shapes sensibly
@@ -52,7 +51,6 @@ DEFAULT_BLOCK = 1 << 20
 NEED_ROOT = "scaledist-testbed {command} needs root (network namespaces, tc); run it with sudo"
 NEED_MININET = ("scaledist-testbed {command} needs Mininet, which is not installed ({why}); "
                 "bash scripts/setup.sh installs it")
-CLONE_NEWNET = 0x40000000
 
 
 class RunError(Exception):
@@ -141,30 +139,8 @@ def plan_run(topology: str | Path, scenario: str | Path | None, scale: float | N
 
 
 def connect_in_netns(pid: int, addr: tuple[str, int], timeout: float = 0.5) -> socket.socket:
-    """A TCP connection made from inside the network namespace of process ``pid``.
-
-    A short-lived thread enters the namespace (setns affects only the calling thread) and creates the
-    socket there; the socket stays in that namespace, the main thread never leaves ours.
-    """
-    result: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            with open(f"/proc/{pid}/ns/net", "rb") as f:
-                if libc.setns(f.fileno(), CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns into {pid}'s network namespace: {os.strerror(err)}")
-            result["sock"] = socket.create_connection(addr, timeout=timeout)
-        except OSError as e:
-            result["err"] = e
-
-    t = threading.Thread(target=work, name=f"probe-{addr[0]}", daemon=True)
-    t.start()
-    t.join()
-    if "err" in result:
-        raise result["err"]
-    return result["sock"]
+    """A TCP connection made from inside the network namespace of process ``pid``."""
+    return socket_in_netns(pid, lambda: socket.create_connection(addr, timeout=timeout))
 
 
 class TestbedCluster(LocalCluster):

@@ -16,14 +16,14 @@ its namespace (and so the namespace's interfaces) alive.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
 import threading
 from dataclasses import dataclass
 
-CLONE_NEWNET = 0x40000000
+from testbed.netns import socket_in_netns
+
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_GETLINK, RTM_NEWLINK = 18, 16
 RTM_GETQDISC, RTM_NEWQDISC = 38, 36
@@ -92,27 +92,8 @@ class NsNetlink:
     def _open(pid: int | None) -> socket.socket:
         if pid is None:
             return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        result: dict[str, object] = {}
-
-        def work() -> None:
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                with open(f"/proc/{pid}/ns/net", "rb") as f:
-                    if libc.setns(f.fileno(), CLONE_NEWNET) != 0:
-                        err = ctypes.get_errno()
-                        raise OSError(err, f"setns into {pid}'s network namespace: {os.strerror(err)}")
-                result["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-            except OSError as e:
-                result["err"] = e
-
-        t = threading.Thread(target=work, name=f"netlink-{pid}", daemon=True)
-        t.start()
-        t.join()
-        if "err" in result:
-            raise result["err"]  # type: ignore[misc]
-        sock = result["sock"]
-        assert isinstance(sock, socket.socket)
-        return sock
+        return socket_in_netns(pid, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                                                          socket.NETLINK_ROUTE))
 
     def close(self) -> None:
         self.sock.close()

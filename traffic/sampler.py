@@ -27,21 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
 import os
 import select
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from traffic.nl import CLONE_NEWNET, NsNetlink, dev_counters
+from testbed.netns import in_netns
+from traffic.nl import NsNetlink, dev_counters
 
 COUNTERS = ("bytes", "packets", "qdisc_bytes", "qdisc_packets", "drops", "overlimits", "requeues")
 
@@ -53,30 +52,6 @@ class Port:
     link: str
     pid: int | None
     intf: str
-
-
-def in_netns(pid: int | None, fn: Callable[[], Any]) -> Any:
-    """Runs ``fn`` in a short-lived thread inside the network namespace of ``pid`` (sockets stay there)."""
-    result: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            if pid is not None:
-                libc = ctypes.CDLL(None, use_errno=True)
-                with open(f"/proc/{pid}/ns/net", "rb") as f:
-                    if libc.setns(f.fileno(), CLONE_NEWNET) != 0:
-                        err = ctypes.get_errno()
-                        raise OSError(err, f"setns into {pid}'s network namespace: {os.strerror(err)}")
-            result["value"] = fn()
-        except BaseException as e:  # handed to the caller
-            result["err"] = e
-
-    t = threading.Thread(target=work, name=f"netns-{pid}", daemon=True)
-    t.start()
-    t.join()
-    if "err" in result:
-        raise result["err"]
-    return result.get("value")
 
 
 def query_rm_epoch(pid: int | None, host: str, port: int, key: bytes, timeout: float = 2.0) -> dict[str, float]:
