@@ -319,7 +319,14 @@ class Terminated(Exception):
     """SIGTERM to the launcher: stop the run and clean up like Ctrl-C."""
 
 
+_LAUNCHER = os.getpid()
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    if os.getpid() != _LAUNCHER:  # a child forked without exec inherited this handler: die as by default
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)
     raise Terminated(f"signal {signum}")
 
 

@@ -22,7 +22,7 @@ try:
     from mininet.net import Mininet
     from mininet.nodelib import LinuxBridge
 except ImportError as exc:
-    pytest.skip(f"needs Mininet and NetfilterQueue ({exc}); run with /work/main/.venv/bin/python",
+    pytest.skip(f"needs Mininet and NetfilterQueue ({exc}); use .venv/bin/python (bash scripts/setup.sh)",
                 allow_module_level=True)
 
 from testbed.delayline import COMMENT, DelayLine, DelayLineError, netem_available

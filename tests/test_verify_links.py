@@ -29,7 +29,7 @@ def _root_reason() -> str | None:
         import mininet.net  # noqa: F401
         import netfilterqueue  # noqa: F401
     except ImportError as exc:
-        return f"needs Mininet and NetfilterQueue ({exc}); run with /work/main/.venv/bin/python"
+        return f"needs Mininet and NetfilterQueue ({exc}); use .venv/bin/python (bash scripts/setup.sh)"
     return None
 
 
