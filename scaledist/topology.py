@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Literal
 
+from scaledist.core.health import HealthConfig
+
 LinkKind = Literal["slave", "rack", "dc", "trunk"]
 
 
@@ -146,6 +148,7 @@ class Topology:
     epoch: float = 2.0
     report_interval: float = 30.0
     control: Literal["management", "trunks"] = "management"  # how slave status reaches masters (§0043)
+    health: HealthConfig = field(default_factory=HealthConfig)  # every master's failure thresholds (§0089-0091)
     scale: float = 1.0
     source: str = ""  # file it was loaded from, for messages
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)

@@ -25,6 +25,7 @@ from typing import Any, Literal, NoReturn, cast
 
 import yaml
 
+from scaledist.core.health import HealthConfig
 from scaledist.topology import (
     Datacenter,
     FilesetSpec,
@@ -305,12 +306,14 @@ def check_version(root: SpecNode) -> None:
 _TOP_KEYS = (
     "version", "name", "block_size", "epoch", "report_interval", "control", "priorities",
     "fileset_file_priority", "defaults", "datacenters", "trunks", "resource_manager", "masters",
-    "generators", "filesets", "extra",
+    "generators", "filesets", "health", "extra",
 )  # fmt: skip
 _TOP_REQUIRED = (
     "version", "name", "priorities", "datacenters", "resource_manager", "masters", "generators", "filesets",
 )  # fmt: skip
 _CONTROL_MODES = ("management", "trunks")
+_HEALTH_KEYS = ("failure_threshold", "recovery_threshold", "failure_ratio", "decay", "decay_percent",
+                "decay_fixed_failures", "decay_fixed_attempts", "time_unit")
 _LEVELS = ("slave", "rack", "datacenter")  # the entries `defaults:` can give bandwidths for
 
 
@@ -383,6 +386,7 @@ class _TopologyReader:
                     f"control must be 'management' or 'trunks', got {control!r}{did_you_mean(control, _CONTROL_MODES)}"
                 )
 
+        health = self.read_health(top["health"]) if "health" in top else HealthConfig()
         priorities = self.read_priorities(top["priorities"])
         names = [p.name for p in priorities]
         fileset_file_priority = priorities[-1].name  # §0120: FileSet files go first
@@ -430,6 +434,7 @@ class _TopologyReader:
             epoch=epoch,
             report_interval=report_interval,
             control=cast(Literal["management", "trunks"], control),
+            health=health,
             source=self.root.source,
             extra=extra,
         )
@@ -440,6 +445,25 @@ class _TopologyReader:
         return topo
 
     # --- sections ---------------------------------------------------------
+
+    def read_health(self, node: SpecNode) -> HealthConfig:
+        """Every master's failure counting (§0089-0091); the patent's 50/25/10 % per 60 s unless given."""
+        m = node.mapping(_HEALTH_KEYS)
+        kw: dict[str, object] = {}
+        for key in ("failure_threshold", "recovery_threshold", "decay_fixed_failures", "decay_fixed_attempts"):
+            if key in m:
+                kw[key] = m[key].integer(f"{key} (a whole number)")
+        for key in ("failure_ratio", "decay_percent"):
+            if key in m:
+                kw[key] = m[key].number(f"{key} (a number)")
+        if "decay" in m:
+            kw["decay"] = m["decay"].text("'percent' or 'fixed'")
+        if "time_unit" in m:
+            kw["time_unit"] = m["time_unit"].duration("time_unit", strict=True)
+        try:
+            return HealthConfig(**kw)  # type: ignore[arg-type]
+        except ValueError as e:
+            node.fail(str(e))
 
     def read_priorities(self, node: SpecNode) -> tuple[Priority, ...]:
         out: list[Priority] = []

@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 # Mininet from Debian (LinuxBridge switches, no Open vSwitch needed), its helpers, the traffic tools,
-# and libnetfilter-queue for the NFQUEUE delay line used where the kernel has no netem.
+# libnetfilter-queue for the NFQUEUE delay line used where the kernel has no netem, the baselines'
+# BitTorrent tracker and clients (opentracker, libtorrent, aria2), and libfaketime for the clock-step drill.
 packages=(python3 python3-venv python3-dev gcc iproute2 iptables procps ethtool
-          mininet bridge-utils iperf3 tcpdump libnetfilter-queue-dev)
+          mininet bridge-utils iperf3 tcpdump libnetfilter-queue-dev
+          opentracker python3-libtorrent aria2 faketime)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${packages[@]}"; do

@@ -737,3 +737,23 @@ def test_every_slave_of_patent_fig1_completes_when_every_copy_succeeds() -> None
     assert len(sources_used) > len(t.slaves) // 2  # the load spread over many senders
     assert m.snapshot()["idleness"] == {} and m.snapshot()["inflight"] == []
     assert all(h.failure_count == 0 for h in m.health.rows.values())
+
+
+def test_health_and_liveness_changes_reach_the_log_when_they_happen() -> None:
+    hc = HealthConfig(failure_threshold=1, recovery_threshold=1, failure_ratio=0.0, time_unit=10.0)
+    m = cross_trunk_setup(health=hc)
+    assert m.drain_log(1.0) == []
+    req, _ = one_copy(m, 1.0)
+    m.on_report(2.0, report("R3-s2", row("d", 1, 0), results=(failed(req.transfer_id, "other"),)))
+    lines = m.drain_log(2.0)
+    assert any(ln.startswith("health T1 failed failures=1 attempts=") for ln in lines), lines
+    assert any(ln.startswith(f"copy {req.transfer_id} ") for ln in lines), lines
+    assert m.drain_log(2.0) == []  # drained once
+    m.tick(10.0)
+    assert "health T1 in-service" in m.drain_log(10.0)
+    silent = 10.0 + 3 * m.topology.report_interval + 1  # every slave silent past the liveness limit
+    lost = m.drain_log(silent)
+    assert "liveness R3-s2 lost" in lost and "liveness R1-s1 lost" in lost
+    m.on_report(silent + 1, report("R3-s2", row("d", 1, 0)))
+    back = m.drain_log(silent + 1)
+    assert "liveness R3-s2 back" in back and "liveness R1-s1 back" not in back

@@ -397,3 +397,23 @@ def test_yaml_merge_keys_own_values_win() -> None:
 def test_extra_passes_through() -> None:
     topo = load_topology_text(edit(("epoch: 1s", "epoch: 1s\nextra:\n  testbed: {delay: nfqueue}")))
     assert topo.extra == {"testbed": {"delay": "nfqueue"}, "version": 1}
+
+
+def test_health_section_sets_every_masters_thresholds() -> None:
+    base = Path("topologies/small.yaml").read_text()
+    topo = load_topology_text(base + "\nhealth:\n  failure_threshold: 4\n  recovery_threshold: 2\n  time_unit: 5s\n")
+    assert (topo.health.failure_threshold, topo.health.recovery_threshold, topo.health.time_unit) == (4, 2, 5.0)
+    assert topo.scaled(0.5).health == topo.health
+    assert load_topology_text(base).health.failure_threshold == 50  # the patent's default
+
+
+@pytest.mark.parametrize(("bad", "says"), [
+    ("health:\n  failure_threshold: 0\n", "failure_threshold must be >= 1"),
+    ("health:\n  failur: 3\n", "unknown key 'failur'"),
+    ("health:\n  recovery_threshold: 9\n  failure_threshold: 5\n", "recovery_threshold"),
+    ("health:\n  time_unit: soon\n", "time_unit"),
+])
+def test_health_section_errors_name_the_key(bad: str, says: str) -> None:
+    base = Path("topologies/small.yaml").read_text()
+    with pytest.raises(TopologyError, match=says):
+        load_topology_text(base + "\n" + bad)

@@ -122,6 +122,7 @@ class HealthTable(Generic[K]):
     start: float = 0.0
     rows: dict[K, Health] = field(default_factory=dict)
     failed: set[K] = field(default_factory=set)
+    changes: list[tuple[K, bool]] = field(default_factory=list)  # (key, functioning) since the owner drained it
 
     def __post_init__(self) -> None:
         self._last_decay = self.start
@@ -140,8 +141,9 @@ class HealthTable(Generic[K]):
     def record_failure(self, key: K) -> None:
         row = self._row(key)
         row.record_failure()
-        if not row.functioning:
+        if not row.functioning and key not in self.failed:
             self.failed.add(key)
+            self.changes.append((key, False))
 
     def decay(self) -> None:
         """Apply one time unit of decay to every row."""
@@ -149,7 +151,9 @@ class HealthTable(Generic[K]):
         for key, row in self.rows.items():
             row.decay()
             if row.functioning:
-                self.failed.discard(key)
+                if key in self.failed:
+                    self.failed.discard(key)
+                    self.changes.append((key, True))
                 if row.idle:
                     drop.append(key)
         for key in drop:

@@ -190,6 +190,9 @@ class Master:
         self.rejected: Counter[str] = Counter()
         self.rejections: deque[str] = deque(maxlen=256)  # ignored input, newest last
         self.events: deque[str] = deque(maxlen=256)  # failures, expiries: for status and logs
+        self._outbox: list[str] = []  # the same lines, until the daemon drains them into its log
+        self._lost: set[str] = set()  # slaves announced silent (``liveness <slave> lost``)
+        self._liveness_scan = start
 
         self._block = topology.block_size
         self._liveness = config.liveness_factor * topology.report_interval
@@ -876,6 +879,36 @@ class Master:
 
     def _log(self, line: str) -> None:
         self.events.append(line)
+        if len(self._outbox) < 10_000:  # a core driven without a daemon never drains it
+            self._outbox.append(line)
+
+    def drain_log(self, now: float) -> list[str]:
+        """Lines for the daemon's log since the last call, with health and liveness changes.
+
+        A resource marked failed or back in service, and a slave gone silent or heard again, are logged
+        when they happen so a drill can time detection and recovery from the log alone.
+        """
+        for table in (self.health, self.file_health):
+            for key, ok in table.changes:
+                name = key if isinstance(key, str) else ":".join(key)
+                if ok:
+                    self._log(f"health {name} in-service")
+                else:
+                    row = table.get(key)
+                    self._log(f"health {name} failed failures={row.failure_count} attempts={row.attempts}")
+            table.changes.clear()
+        if now - self._liveness_scan >= 0.5:
+            self._liveness_scan = now
+            for slave in self._last_contact:
+                alive = self.live(now, slave)
+                if not alive and slave not in self._lost:
+                    self._lost.add(slave)
+                    self._log(f"liveness {slave} lost")
+                elif alive and slave in self._lost:
+                    self._lost.discard(slave)
+                    self._log(f"liveness {slave} back")
+        out, self._outbox = self._outbox, []
+        return out
 
 
 class _Idleness(Mapping[str, int]):

@@ -32,7 +32,7 @@ from scaledist.wire import ProtocolError
 class MasterDaemon:
     def __init__(self, ctx: Context, config: MasterConfig | None = None) -> None:
         self.ctx = ctx
-        cfg = config or MasterConfig(mode=ctx.cluster.mode)
+        cfg = config or MasterConfig(mode=ctx.cluster.mode, health=ctx.topology.health)
         self.incarnation = secrets.token_hex(3)
         self.core = Master(ctx.topology, ctx.ident, cfg, incarnation=self.incarnation, start=now())
         self.wake = asyncio.Event()
@@ -94,7 +94,6 @@ class MasterDaemon:
             if not isinstance(reply, Ack) or not reply.ok:
                 raise RuntimeError(f"refused: {reply}")
         except Exception as e:
-            self.ctx.log(f"instruction {instr.transfer_id} to {target} failed: {e}")
             rel = self.core.on_instruction_failed(now(), instr.transfer_id, str(e))
             if rel is not None:
                 await self.release(rel)
@@ -102,6 +101,8 @@ class MasterDaemon:
     async def scheduler(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.wake.clear()
+            for line in self.core.drain_log(now()):
+                self.ctx.log(line)
             for req in self.core.next_requests(now(), limit=64):
                 spawn(self.schedule_one(req), self.ctx.log, "schedule")
             try:
