@@ -30,8 +30,9 @@ Verdict per trunk (primary direction), the rules in one place:
   exceeded the budget x epoch x (1 + OVER_TOLERANCE) outright.  ``epochs_over_strict`` also counts,
   for reference, the epochs whose payload exceeded their own reservation alone (+5 %, same floor);
 * FAIL if any epoch is over its reservation, or the primary direction's qdisc dropped packets, or the
-  RM reserved more in an epoch than the link's physical rate carries (when the topology names one);
-  PASS otherwise.  Without per-epoch measurement the verdict falls back to the testbed's own
+  RM reserved more in an epoch than the link's physical rate carries (when the topology names one), or
+  the RM granted a pacing rate above the physical rate (+5 %): a budget larger than the link is caught
+  by the first grant that uses it, however lightly the run loads the trunk; PASS otherwise.  Without per-epoch measurement the verdict falls back to the testbed's own
   before/after qdisc drops and 5 s peak rate against the budget, and says so in its reason.
 """
 
@@ -506,6 +507,9 @@ def _trunks(run: Run, reserved: Mapping[tuple[int, str], int], cross: Mapping[tu
             unused = max(0.0, r - max(0.0, b - unused))  # this epoch's bytes first use last epoch's leftover
             payload_total += b
         beyond_physical = [(e, r) for e, r in res.items() if r > physical * epoch_s * (1 + OVER_TOLERANCE)]
+        # a pacing rate the trunk cannot carry: the RM believes a bigger trunk than there is, loaded or not
+        fast = [rec.rate for rec in run.ledger
+                if rec.kind == "grant" and rec.link == link and rec.rate > physical * (1 + OVER_TOLERANCE)]
         clamped = [_wanted(rec.reason) - rec.bytes for rec in run.ledger
                    if rec.kind == "carry" and rec.link == link and rec.reason.startswith("clamped")]
         tb = testbed.get(link, {})
@@ -538,6 +542,10 @@ def _trunks(run: Run, reserved: Mapping[tuple[int, str], int], cross: Mapping[tu
                 e, r = max(beyond_physical, key=lambda x: x[1])
                 reasons.append(f"the RM reserved beyond the physical rate in {len(beyond_physical)} epochs "
                                f"(epoch {e}: {r / 1e6:.3f} MB vs {physical * epoch_s / 1e6:.3f} MB)")
+            if fast:
+                reasons.append(f"{len(fast)} grants paced faster than the trunk carries (up to "
+                               f"{max(fast) / 1e6:.3f} MB/s vs {physical / 1e6:.3f} MB/s physical): the budget "
+                               f"exceeds the link")
             verdict = FAIL if reasons else PASS
             if not reasons:
                 reasons.append(f"0 of {len(meas)} epochs over reservation, no drops, busiest epoch "
@@ -550,6 +558,8 @@ def _trunks(run: Run, reserved: Mapping[tuple[int, str], int], cross: Mapping[tu
                 reasons.append(f"5 s peak {peak:.0%} of budget")
             if beyond_physical:
                 reasons.append(f"the RM reserved beyond the physical rate in {len(beyond_physical)} epochs")
+            if fast:
+                reasons.append(f"{len(fast)} grants paced faster than the trunk carries")
             verdict = FAIL if reasons else PASS
             if not reasons:
                 reasons.append(f"no drops, 5 s peak {(peak or 0):.0%} of budget")
@@ -564,6 +574,7 @@ def _trunks(run: Run, reserved: Mapping[tuple[int, str], int], cross: Mapping[tu
             "to": topo.trunks[tid].end,
             "budget_bytes_per_s": budget,
             "physical_bytes_per_s": physical,
+            "grants_over_physical": len(fast),
             "reserved_bytes": int(sum(res.values())),
             "measured_bytes": measured_bytes,
             "cross_bytes": int(sum(v for (_, lid), v in cross.items() if lid == link)),

@@ -98,6 +98,7 @@ class Denial(_Msg, tag="denial"):
     transfer_id: str
     reason: str
     epoch: int = 0
+    retry_in: float = 0.0  # seconds until one of the sources may have room; 0 = no estimate
 
 
 class Release(_Msg, tag="release"):

@@ -757,3 +757,32 @@ def test_health_and_liveness_changes_reach_the_log_when_they_happen() -> None:
     m.on_report(silent + 1, report("R3-s2", row("d", 1, 0)))
     back = m.drain_log(silent + 1)
     assert "liveness R3-s2 back" in back and "liveness R1-s1 back" not in back
+
+
+def test_a_denied_destination_asks_again_when_the_denial_says() -> None:
+    m = cross_trunk_setup(retry_after=0.5)
+    req = only(m.next_requests(1.0))
+    assert m.on_decision(1.0, Denial(req.transfer_id, "rate", 0, retry_in=0.1)) is None
+    assert m.next_requests(1.05) == []
+    assert only(m.next_requests(1.1)).destination == "R3-s2"  # not 1.5 s: the hint is used
+    m2 = cross_trunk_setup(retry_after=0.5)
+    r2 = only(m2.next_requests(1.0))
+    m2.on_decision(1.0, Denial(r2.transfer_id, "no hint"))  # retry_in 0: the configured back-off
+    assert m2.next_requests(1.4) == []
+    assert only(m2.next_requests(1.5)).destination == "R3-s2"
+
+
+def test_a_release_of_ours_lets_denied_destinations_ask_again_at_once() -> None:
+    m = master()
+    m.on_report(0.0, report("R1-s1", row("d", 1, 3 * BS, True)))
+    m.on_report(0.0, report("R1-s2", row("d", 1, 0)))
+    m.on_report(0.0, report("R2-s1", row("d", 1, 0)))
+    first, second = m.next_requests(1.0)
+    inst = m.on_decision(1.0, grant(first))
+    assert inst is not None
+    m.on_decision(1.0, Denial(second.transfer_id, "rate", 0, retry_in=5.0))
+    assert m.next_requests(1.1) == []
+    rels = m.on_report(1.2, report(first.destination, row("d", 1, BS), results=(ok(first.transfer_id),)))
+    assert len(rels) == 1
+    m.on_released(1.25)
+    assert second.destination in {r.destination for r in m.next_requests(1.25)}

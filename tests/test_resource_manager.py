@@ -527,3 +527,33 @@ def test_running_transfer_without_a_pool_is_charged_to_the_lowest() -> None:
     assert pool(rm, S1UP, "P3")["rate_in_use"] == 10 * MB
     assert rm.release(6.0, "slow")
     assert pool(rm, S1UP, "P3")["rate_in_use"] == 0.0
+
+
+# --- when to ask again -------------------------------------------------------------------
+
+
+def test_denial_for_bytes_says_retry_at_the_next_epoch_start() -> None:
+    rm = p2_p3_epoch()  # epoch 2 s, this one [2, 4)
+    for _ in range(4):
+        grant(rm, 2.0, req("f2", 90 * MB), release=True)
+    d = rm.request(3.0, req("f2", 90 * MB))
+    assert isinstance(d, Denial) and "bytes" in d.reason
+    assert d.retry_in == pytest.approx(1.0)
+
+
+def test_denial_for_rate_says_retry_when_the_running_transfer_should_end() -> None:
+    rm = p2_p3_epoch()
+    g = grant(rm, 2.0, req("f2", 20 * MB))  # all of P2's 200 MB/s: 20 MB ends 0.1 s later
+    assert g.rate == 200 * MB
+    d = rm.request(2.02, req("f2", 10 * MB))
+    assert isinstance(d, Denial) and "rate" in d.reason
+    assert d.retry_in == pytest.approx(0.08, abs=1e-6)
+    assert rm.release(2.05, g.transfer_id)
+    assert isinstance(rm.request(2.05, req("f2", 10 * MB)), Grant)  # released early: room at once
+
+
+def test_a_late_transfer_sets_the_floor_not_a_storm() -> None:
+    rm = p2_p3_epoch()
+    grant(rm, 2.0, req("f2", 20 * MB))
+    d = rm.request(3.5, req("f2", 10 * MB))  # it should have ended at 2.1 s and has not been released
+    assert isinstance(d, Denial) and d.retry_in == pytest.approx(0.05)

@@ -60,6 +60,8 @@ from scaledist.messages import (
 )
 from scaledist.topology import Topology
 
+MAX_RETRY_HINT = 60.0  # a Denial's retry_in beyond this is not believed (the configured retry_after is used)
+
 
 @dataclass(frozen=True)
 class MasterConfig:
@@ -208,6 +210,7 @@ class Master:
         self._transfers: dict[str, _Transfer] = {}
         self._outstanding: dict[str, int] = {}  # destination -> requested or granted copies
         self._not_before: dict[str, float] = {}  # denied destination -> earliest retry
+        self._denied: dict[_Key, None] = {}  # waiting out a Denial: a release of ours frees room sooner
         self._fileset_queue: dict[_Key, None] = {}  # FIFO of destinations with a FileSet-file need
         self._queue: dict[_Key, None] = {}  # FIFO of the others, in report order
         self._retry: list[tuple[float, int, _Key]] = []
@@ -289,8 +292,11 @@ class Master:
             return None
         if isinstance(decision, Denial):
             self._drop(t)
-            self._not_before[t.destination] = now + self.config.retry_after
-            self._push_retry(now + self.config.retry_after, (t.destination, t.fileset))
+            wait = decision.retry_in if 0.0 < decision.retry_in <= MAX_RETRY_HINT else self.config.retry_after
+            key = (t.destination, t.fileset)
+            self._not_before[t.destination] = now + wait
+            self._push_retry(now + wait, key)
+            self._denied[key] = None
             return None
         if decision.destination != t.destination or decision.source not in t.sources:
             self._reject(f"grant {t.id} names {decision.source}->{decision.destination}, not a requested pair")
@@ -326,6 +332,14 @@ class Master:
             window=decision.window,
             deadline=t.deadline,
         )
+
+    def on_released(self, now: float) -> None:
+        """Releases of this master reached the resource manager: room is free now, so denied destinations
+        ask again at once instead of waiting out their Denial."""
+        for key in self._denied:
+            self._not_before.pop(key[0], None)
+            self._enqueue(key)
+        self._denied.clear()
 
     def on_instruction_failed(self, now: float, transfer_id: str, detail: str = "") -> Release | None:
         """The daemon could not deliver an instruction: blame the slave it could not reach."""

@@ -43,6 +43,10 @@ Decisions (the patent leaves these open; see also ``epochs.py``)
   because the rates of active transfers never exceed the link's capacity.
 * Releasing a transfer frees its rate and stops its carries; bytes already
   reserved this epoch stay reserved (the RM cannot know how many were sent).
+* A Denial says when to ask again (``retry_in``): the next epoch start when a
+  pool is missing or out of bytes, else when the soonest transfer holding rate
+  on the tight link should end at its rate (at least ``MIN_RETRY``, at most an
+  epoch). A fixed back-off left trunks idle between blocks.
 * A grant lapses at ``expires_at = now + 3 x size / R + 2 x epoch`` unless
   released first: its rate is freed and an ``expire`` record written.
 * Invalid requests (unknown fileset, destination or source, bad size, too many
@@ -73,6 +77,7 @@ MAX_SOURCES = 64
 MIN_WINDOW = 65536
 MAX_WINDOW = 64 * 2**20
 MAX_REASON = 2000
+MIN_RETRY = 0.05  # a Denial's retry hint is never sooner: a late transfer must not set off a request storm
 
 _INF = math.inf
 
@@ -97,10 +102,12 @@ class _Link:
         "prate",
         "rate",
         "remaining",
+        "running",
     )
 
     def __init__(self, link_id: str, capacity: float) -> None:
         self.id = link_id
+        self.running: set[_Transfer] = set()  # active grants holding rate here: when will rate free up?
         self.base = capacity  # the topology's value, to tell an adjusted capacity apart
         self.capacity = capacity
         self.epoch = -(2**62)  # stale: brought up to date on first touch
@@ -118,7 +125,7 @@ class _Link:
 class _Transfer:
     """An active grant: the rate it holds on each link and the bytes still to carry."""
 
-    __slots__ = ("expires_at", "left", "links", "p", "pools", "rate", "req", "source")
+    __slots__ = ("ends", "expires_at", "left", "links", "p", "pools", "rate", "req", "source")
 
     def __init__(
         self, req: CopyRequest, source: str, links: tuple[_Link, ...], pools: list[int], p: int, rate: float
@@ -131,6 +138,7 @@ class _Transfer:
         self.rate = rate
         self.left = 0
         self.expires_at = 0.0
+        self.ends = 0.0  # when it should be done at its rate: the earliest a denied request may find room
 
 
 _Middle = tuple[tuple[_Link, ...], float, tuple[str, ...]]  # links between the slave links, RTT, their ids
@@ -272,6 +280,7 @@ class ResourceManager:
         reasons: list[str] = []
         last_link: str | None = None
         last_source: str | None = None
+        wait = _INF  # earliest time any of these sources may have room: the Denial's retry hint
         for src in req.sources:
             key = (rack_of[src], dst_rack)
             mid = mids[key] if key in mids else self._middle(src, dst)
@@ -304,8 +313,11 @@ class ResourceManager:
                     minpool = pr
             if bad is not None:
                 reasons.append(f"{src}: {self._no_pool(bad, p)}")
+                wait = min(wait, dt)  # pools are set again at the next epoch start
             elif rate <= 0.0 or rate < frac * minpool:
                 bad = tight
+                soonest = min((tr.ends for tr in tight.running), default=now + dt)
+                wait = min(wait, max(soonest - now, 0.0))
                 reasons.append(
                     f"{src}: rate: {tight.id} has {max(rate, 0.0):.0f} B/s free for {prio.name}, "
                     f"needs >= {frac * minpool:.0f}"
@@ -321,6 +333,7 @@ class ResourceManager:
                         reasons.append(
                             f"{src}: bytes: {ls.id} pool {self._names[k]} has {ls.remaining[k]} B left, needs {b0}"
                         )
+                        wait = min(wait, dt)
                         break
                 else:
                     return self._grant(now, req, src, links, mid, p, rate, b0)
@@ -335,7 +348,8 @@ class ResourceManager:
                 req.fileset, req.file_id, req.block, False, reason,
             )
         )
-        return Denial(tid, reason, e)
+        retry = wait if wait < _INF else dt
+        return Denial(tid, reason, e, min(max(retry, MIN_RETRY), length))
 
     def snapshot(self) -> dict[str, object]:
         """JSON-able view of both tables for status pages and tests (links with any activity)."""
@@ -426,6 +440,9 @@ class ResourceManager:
             )
         tr = _Transfer(req, src, links, pools, p, rate)
         tr.left = req.size - b0
+        tr.ends = now + req.size / rate + rtt
+        for ls in links:
+            ls.running.add(tr)
         length = self._length
         tr.expires_at = expires = now + 3.0 * req.size / rate + 2.0 * length
         self._active[tid] = tr
@@ -644,6 +661,7 @@ class ResourceManager:
         del self._active[tr.req.transfer_id]
         rate = tr.rate
         for ls, k in zip(tr.links, tr.pools, strict=True):
+            ls.running.discard(tr)
             r = ls.rate - rate
             ls.rate = r if r > 1e-6 else 0.0
             r = ls.pool_rate[k] - rate

@@ -50,8 +50,14 @@ class MasterDaemon:
             self.ctx.log(f"release {rel.transfer_id} not delivered: {e}")
 
     def releases(self, rels: list[Release]) -> None:
-        for rel in rels:
-            spawn(self.release(rel), self.ctx.log, "release")
+        if rels:
+            spawn(self.release_all(rels), self.ctx.log, "release")
+
+    async def release_all(self, rels: list[Release]) -> None:
+        """Release, then let destinations that were denied ask again: the room is free now."""
+        await asyncio.gather(*(self.release(rel) for rel in rels))
+        self.core.on_released(now())
+        self.wake.set()
 
     async def handle(self, conn: netio.Conn) -> None:
         env = await conn.recv(timeout=10.0)
@@ -96,7 +102,7 @@ class MasterDaemon:
         except Exception as e:
             rel = self.core.on_instruction_failed(now(), instr.transfer_id, str(e))
             if rel is not None:
-                await self.release(rel)
+                await self.release_all([rel])
 
     async def scheduler(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
