@@ -200,7 +200,10 @@ class SpecNode:
 
     def value(self) -> Any:
         """The value as YAML types it (int, float, bool, str, ...)."""
-        return yaml.constructor.SafeConstructor().construct_object(self.node, deep=True)
+        try:
+            return yaml.constructor.SafeConstructor().construct_object(self.node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as e:  # `!!int abc`, unknown tags
+            self.fail(f"cannot read this value: {str(e).splitlines()[0][:200]}")
 
     def text(self, what: str = "a string") -> str:
         # the raw text, so that `no`, `on` or `007` stay the words that were written
@@ -272,6 +275,8 @@ def parse_document(text: str, source: str, error: type[SpecError]) -> SpecNode:
         raise error(source, mark.line + 1 if mark else None, "", reason) from None
     except yaml.YAMLError as e:
         raise error(source, None, "", f"YAML error: {e}") from None
+    except RecursionError:
+        raise error(source, None, "", "YAML nested too deeply to read") from None
     if node is None:
         raise error(source, None, "", "the file is empty")
     return SpecNode(node, "", source, error)

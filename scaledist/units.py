@@ -6,6 +6,7 @@ ever sees plain numbers in bytes, bytes per second and seconds.
 
 from __future__ import annotations
 
+import math
 import re
 
 _NUM = r"\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*"
@@ -34,13 +35,18 @@ def _split(text: str | int | float, what: str) -> tuple[float, str]:
     if isinstance(text, bool):
         raise UnitError(f"expected a {what}, got a boolean")
     if isinstance(text, (int, float)):
+        if not math.isfinite(text):
+            raise UnitError(f"expected a finite {what}, got {text!r}")
         return float(text), ""
     if not isinstance(text, str):
         raise UnitError(f"expected a {what}, got {type(text).__name__}")
     m = _RE.match(text)
     if not m:
         raise UnitError(f"cannot read {text!r} as a {what}")
-    return float(m.group(1)), m.group(2).upper()
+    value = float(m.group(1))
+    if not math.isfinite(value):
+        raise UnitError(f"{text!r} is not a finite {what}")
+    return value, m.group(2).upper()
 
 
 def parse_size(text: str | int | float) -> int:

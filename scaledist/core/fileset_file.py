@@ -95,8 +95,10 @@ def parse_fileset(
         raise FileSetError(f"fileset file is {len(data)} bytes; the limit is {MAX_BYTES}")
     try:
         doc: Any = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
         raise FileSetError(f"fileset file is not valid JSON: {exc}") from None
+    except RecursionError:  # 1 MiB of '[' nests deeper than the parser's stack
+        raise FileSetError("fileset file is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise FileSetError("fileset file must be a JSON object")
     keys = set(doc)

@@ -551,8 +551,12 @@ class Master:
         waiting = self._waiting
         if not waiting:
             return
-        for blk in range(first, end):
-            waiters = waiting.pop((fs, fid, version, blk), None)
+        if end - first > len(waiting):  # a report may claim any size: walk what is parked, not the range
+            keys = [k for k in waiting if k[0] == fs and k[1] == fid and k[2] == version and first <= k[3] < end]
+        else:
+            keys = [(fs, fid, version, blk) for blk in range(first, end)]
+        for key in keys:
+            waiters = waiting.pop(key, None)
             if waiters:
                 for k in waiters:
                     self._enqueue(k)

@@ -10,7 +10,7 @@ import msgspec
 
 from scaledist import netio
 from scaledist.core.ledger import encode_jsonl
-from scaledist.core.resource_manager import ResourceManager
+from scaledist.core.resource_manager import MAX_REASON, ResourceManager
 from scaledist.daemons.common import Context, every, now, run, spawn
 from scaledist.messages import Ack, CopyRequest, Denial, Error, Release, SetCapacity, StatusQuery, StatusReply
 from scaledist.wire import ProtocolError
@@ -42,6 +42,8 @@ class RMDaemon:
         if isinstance(msg, CopyRequest):
             decision = self.core.request(now(), msg)
             if isinstance(decision, Denial):
+                # an invalid request's reason quotes the peer's fields: bound it so the reply fits in a frame
+                decision = msgspec.structs.replace(decision, reason=decision.reason[:MAX_REASON])
                 self.denied += 1
                 log(f"deny {msg.transfer_id} {msg.fileset}/{msg.file_id}@{msg.version}#{msg.block} -> "
                     f"{msg.destination}: {decision.reason[:300]}")
