@@ -223,7 +223,8 @@ class ResourceManager:
         """Adjust a link's capacity (§0114): rate checks see it at once, pools from the next epoch."""
         if link not in self.topology.links:
             raise ValueError(f"unknown link {link!r}")
-        if not (isinstance(bytes_per_s, (int, float)) and math.isfinite(bytes_per_s) and bytes_per_s > 0):
+        if isinstance(bytes_per_s, bool) or not (isinstance(bytes_per_s, (int, float)) and math.isfinite(bytes_per_s)
+                                                 and bytes_per_s > 0):
             raise ValueError(f"capacity of {link} must be a positive number of bytes/s, got {bytes_per_s!r}")
         self.tick(now)
         ls = self._link(link)
