@@ -32,8 +32,9 @@ Verdict per trunk (primary direction), the rules in one place:
 * FAIL if any epoch is over its reservation, or the primary direction's qdisc dropped packets, or the
   RM reserved more in an epoch than the link's physical rate carries (when the topology names one), or
   the RM granted a pacing rate above the physical rate (+5 %): a budget larger than the link is caught
-  by the first grant that uses it, however lightly the run loads the trunk; PASS otherwise.  Without per-epoch measurement the verdict falls back to the testbed's own
-  before/after qdisc drops and 5 s peak rate against the budget, and says so in its reason.
+  by the first grant that uses it, however lightly the run loads the trunk; PASS otherwise.  Without
+  per-epoch measurement the verdict falls back to the testbed's own before/after qdisc drops and 5 s peak
+  rate against the budget, and says so in its reason.
 """
 
 from __future__ import annotations
