@@ -493,8 +493,11 @@ def _trunks(run: Run, reserved: Mapping[tuple[int, str], int], cross: Mapping[tu
         strict = 0
         for e in sorted(meas):
             span = run.spans.get(e, 1)  # a reading over k epochs is held against k epochs' reservations
-            wire = float(meas[e].get("bytes", 0.0))
-            b = _payload(meas[e], sum(cross.get((e + i, link), 0.0) for i in range(span)))
+            cross_ip = sum(cross.get((e + i, link), 0.0) for i in range(span))
+            # the budget is what ScaleDist may use (§0114: adjusted for other users): declared cross traffic,
+            # with its frames' Ethernet headers, is not held against it
+            wire = max(0.0, float(meas[e].get("bytes", 0.0)) - cross_ip * (1 + 14 / CROSS_DATAGRAM))
+            b = _payload(meas[e], cross_ip)
             u = wire / (per_epoch_budget * span) if per_epoch_budget else 0.0
             if u > util:
                 util, busiest = u, e

@@ -67,6 +67,10 @@ def render(a: Mapping[str, Any], plots: Mapping[str, list[Path]], base: Path) ->
              f"{_num(s.get('files_verified'))} files verified, {_num(s.get('files_mismatched'))} mismatched, "
              f"{_num(s.get('seconds'), '{:.1f}')} s.</p>"]
 
+    drill = base / "drill.json"
+    if drill.is_file():  # a failure-injection drill's run: its verdict and timeline first
+        parts.append(drill_section(drill))
+
     # 1. trunk budgets
     parts.append("<h2 id='trunks'>Trunk budgets</h2>")
     rows = []
@@ -152,3 +156,41 @@ def render(a: Mapping[str, Any], plots: Mapping[str, list[Path]], base: Path) ->
         parts.append("<ul>" + "".join(f"<li class='note'>{escape(n)}</li>" for n in a["notes"]) + "</ul>")
     parts.append("<p>Files: summary.json, links.csv, epochs.csv, plots/.</p></body></html>")
     return "\n".join(parts)
+
+
+def drill_section(path: Path) -> str:
+    """The drill's verdict and, per fault, when it was injected, noticed, repaired and back (testbed/drill.py)."""
+    import json
+
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return f"<h2 id='drill'>Drill</h2><p class='note'>drill.json unreadable: {escape(str(e))}</p>"
+    v = str(d.get("verdict", "FAIL"))
+    out = [f"<h2 id='drill'>Drill {escape(str(d.get('name')))}</h2>",
+           _table(["verdict", "completed", "files mismatched", "corrupt blocks accepted", "bytes re-sent"],
+                  [[td(escape(v), v), td(escape(str(d.get("completed")))), td(_num(d.get("files_mismatched")), "num"),
+                    td(_num(d.get("corrupt_blocks_accepted")), "num"), td(_num(d.get("bytes_resent")), "num")]])]
+    if d.get("reasons"):
+        out.append("<ul>" + "".join(f"<li class='note'>{escape(str(r))}</li>" for r in d["reasons"]) + "</ul>")
+    rows = []
+    for f in d.get("faults", []):
+        fv = str(f.get("verdict", ""))
+        also = ", ".join(f"{k} +{x:.1f}s" for k, x in (f.get("also_marked_failed") or {}).items())
+        def sec(key: str, fmt: str = "{:.1f}", f: dict[str, Any] = f) -> str:
+            return td(_num(f.get(key), fmt), "num")
+
+        rows.append([td(escape(str(f.get("name")))), td(escape(str(f.get("trigger")))), sec("injected_s"),
+                     sec("first_failure_s"), sec("marked_failed_s"), sec("detect_s"), sec("failures_at_mark", "{}"),
+                     sec("repaired_s"), sec("back_after_repair_s", "{:+.1f}"), sec("resumed_after_s", "{:.2f}"),
+                     sec("bytes_resent", "{:,.0f}"), td(escape(also)), td(escape(fv), fv),
+                     td(escape("; ".join(f.get("problems") or [])))])
+    out.append(_table(["fault", "when", "injected s", "first failure s", "marked failed s", "detected after s",
+                       "failures", "repaired s", "back after repair s", "resumed after s", "bytes re-sent",
+                       "also marked failed", "verdict", "problems"], rows))
+    h = d.get("health") or {}
+    health = (f"threshold {h.get('failure_threshold')}, recovery {h.get('recovery_threshold')}, decay "
+              f"{h.get('decay_percent')} per {h.get('time_unit')} s")
+    out.append(f"<p>Times in seconds after the daemons started. Health: {escape(health)}. "
+               f"{escape(str(d.get('counting', '')))} Files: drill.json, drill.csv.</p>")
+    return "\n".join(out)

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -246,18 +246,23 @@ class LocalCluster:
         return Progress(time.monotonic() - self.t0, result)
 
     def wait(self, timeout: float, every: float = 1.0, show: bool = True,
-             line: Callable[[Progress], str] | None = None) -> tuple[bool, dict[str, float]]:
+             line: Callable[[Progress], str] | None = None, expected_down: Collection[str] = (),
+             hold: Callable[[], bool] | None = None) -> tuple[bool, dict[str, float]]:
         """Polls the slaves' disks until every slave holds the final versions; returns completion times.
 
         ``line`` renders the progress shown every ``every`` seconds (the testbed adds its trunk rates).
+        ``expected_down`` (read live, a drill mutates it) names daemons stopped on purpose, whose death is
+        no error; while ``hold()`` is true the wait goes on after completion (a drill still timing a repair).
         """
         render = line or Progress.line
         deadline = time.monotonic() + max(0.0, timeout)
         done_at: dict[str, float] = {}
         next_show = time.monotonic()
         while True:
-            for ident, proc in self.procs.items():
+            for ident, proc in list(self.procs.items()):
                 if ident not in self.topology.generators and proc.poll() is not None:
+                    if ident in expected_down or self.procs.get(ident) is not proc:
+                        continue  # stopped on purpose, or replaced meanwhile
                     raise RuntimeError(f"{ident} died with exit code {proc.returncode}; see "
                                        f"{self.run_dir / 'logs' / (ident + '.log')}")
             gens = self.generators_done()
@@ -265,7 +270,7 @@ class LocalCluster:
             for fs, (c, n, _, _) in p.filesets.items():
                 if gens and c == n and fs not in done_at:
                     done_at[fs] = p.t
-            finished = gens and len(done_at) == len(self.topology.filesets)
+            finished = gens and len(done_at) == len(self.topology.filesets) and not (hold and hold())
             if show and (time.monotonic() >= next_show or finished):
                 next_show += every
                 self.log(render(p))

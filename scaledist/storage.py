@@ -531,6 +531,58 @@ class BlockStore:
             raise _os_error(exc, f"cannot read {data_path}") from exc
         return h.hexdigest()
 
+    # --- repair of a bad copy (verify on read, scrub) -------------------------
+
+    def first_bad_block(self, fileset: str, file_id: str, version: int) -> int | None:
+        """Index of the first stored block of a version that no longer verifies from disk, or None.
+
+        A scrub: finds a copy that went bad on disk before anyone asks for it (§0067 checks only on read).
+        """
+        data_path, crc_path = self._paths(fileset, file_id, version)
+        recs = self._read_records(crc_path)
+        if recs is None or not recs.records:
+            return None
+        try:
+            return self._first_bad_block(data_path, recs.records)
+        except FileNotFoundError:
+            return None  # removed meanwhile (a version rollover): nothing of it is visible any more
+        except OSError as exc:
+            raise _os_error(exc, f"cannot scrub {fileset}/{file_id}@{version}") from exc
+
+    def discard_from(self, fileset: str, file_id: str, version: int, index: int) -> StoredFile | None:
+        """Drop block ``index`` and every later block of a version, if block ``index`` still fails to verify.
+
+        A slave that read a corrupt block from its own disk must stop offering it: it keeps the blocks before
+        the bad one (each verifies on its own against the previous record) and reports the shorter file, so
+        its master has it fetch the rest again (§0069). Checked again under the writers' lock, so a block
+        appended or a version replaced meanwhile is never cut. Returns what remains (None: nothing).
+        """
+        name = f"{fileset}/{file_id}@{version}"
+        data_path, crc_path = self._paths(fileset, file_id, version)
+        if not self._dir(fileset).is_dir():
+            return None
+        with self._lock(fileset, file_id):
+            recs = self._read_records(crc_path)
+            if recs is None or not 0 <= index < len(recs.records):
+                return self._newest(fileset, file_id)
+            try:
+                bad = self._first_bad_block(data_path, recs.records[: index + 1])
+            except FileNotFoundError:
+                bad = index
+            except OSError as exc:
+                raise _os_error(exc, f"cannot re-check block {index} of {name}") from exc
+            if bad is None:
+                return self._newest(fileset, file_id)  # it verifies now: a transient read error, keep it
+            try:
+                if bad == 0:
+                    self._delete_versions(fileset, file_id, {version})
+                else:
+                    _truncate(crc_path, bad * RECORD_SIZE)
+                    _truncate(data_path, sum(r.length for r in recs.records[:bad]))
+            except OSError as exc:
+                raise _os_error(exc, f"cannot cut {name} at block {bad}") from exc
+            return self._newest(fileset, file_id)
+
     # --- start-up ----------------------------------------------------------
 
     def recover(self, verify: bool = True) -> list[str]:

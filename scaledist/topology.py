@@ -149,6 +149,7 @@ class Topology:
     report_interval: float = 30.0
     control: Literal["management", "trunks"] = "management"  # how slave status reaches masters (§0043)
     health: HealthConfig = field(default_factory=HealthConfig)  # every master's failure thresholds (§0089-0091)
+    scrub_interval: float = 60.0  # seconds between a slave's re-checks of blocks nobody read (0 = never)
     scale: float = 1.0
     source: str = ""  # file it was loaded from, for messages
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)

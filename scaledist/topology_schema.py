@@ -311,7 +311,7 @@ def check_version(root: SpecNode) -> None:
 _TOP_KEYS = (
     "version", "name", "block_size", "epoch", "report_interval", "control", "priorities",
     "fileset_file_priority", "defaults", "datacenters", "trunks", "resource_manager", "masters",
-    "generators", "filesets", "health", "extra",
+    "generators", "filesets", "health", "scrub_interval", "extra",
 )  # fmt: skip
 _TOP_REQUIRED = (
     "version", "name", "priorities", "datacenters", "resource_manager", "masters", "generators", "filesets",
@@ -392,6 +392,9 @@ class _TopologyReader:
                 )
 
         health = self.read_health(top["health"]) if "health" in top else HealthConfig()
+        scrub = top["scrub_interval"].duration("scrub_interval") if "scrub_interval" in top else 60.0
+        if scrub < 0:
+            top["scrub_interval"].fail(f"scrub_interval must be >= 0 (0 turns scrubbing off), got {scrub:g}s")
         priorities = self.read_priorities(top["priorities"])
         names = [p.name for p in priorities]
         fileset_file_priority = priorities[-1].name  # §0120: FileSet files go first
@@ -440,6 +443,7 @@ class _TopologyReader:
             report_interval=report_interval,
             control=cast(Literal["management", "trunks"], control),
             health=health,
+            scrub_interval=scrub,
             source=self.root.source,
             extra=extra,
         )

@@ -36,7 +36,7 @@ REGISTRY = Path("/run/scaledist-testbed")
 NAME_RE = re.compile(r"^sd([a-z0-9]{2})([hrbdm])([0-9]+)(?:e([0-9]+))?$")
 # the exact command line of a Mininet node's shell (mnexec ... env PS1=... bash ... -is mininet:<name>)
 SHELL_RE = re.compile(r"^bash --norc --noediting -is mininet:(sd[a-z0-9]{2}[hrbdm][0-9]+)$")
-IPTABLES_COMMENTS = ("scaledist-route", "scaledist-delay")
+IPTABLES_COMMENTS = ("scaledist-route", "scaledist-delay", "scaledist-corrupt", "scaledist-drill")
 NETNS_DIR = Path("/run/netns")
 
 
@@ -300,6 +300,27 @@ def sweep_tag(tag: str) -> list[str]:
     return done
 
 
+DRILL_MOUNT_SOURCE = "scaledist-diskfull"  # the tmpfs a disk_full drill mounts over a slave's data directory
+
+
+def _drill_mounts() -> list[str]:
+    """Unmount (lazily) every tmpfs a killed disk_full drill left over a slave's data directory."""
+    done: list[str] = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return done
+    for line in lines:
+        head, _, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if len(fields) > 4 and len(rest) > 1 and rest[0] == "tmpfs" and rest[1] == DRILL_MOUNT_SOURCE:
+            target = fields[4].replace("\\040", " ")
+            r = subprocess.run(["umount", "-l", target], capture_output=True, text=True)
+            done.append(f"unmounted drill tmpfs {target}" if r.returncode == 0
+                        else f"could not unmount drill tmpfs {target}: {r.stderr.strip()}")
+    return done
+
+
 def clean(log: Callable[[str], None] = print, *, include_live: bool = False,
           only: Collection[str] | None = None) -> list[str]:
     """Remove leftovers of killed runs and say what was removed (one line each).
@@ -323,6 +344,7 @@ def clean(log: Callable[[str], None] = print, *, include_live: bool = False,
     # machine-wide state (root iptables, bridge-nf sysctls) only when no other run is alive to need it
     if not any(_entry_alive(e) for t, (_, e) in registry.items() if not leftover(t)):
         done += _iptables_rules()
+        done += _drill_mounts()
         saved: dict[str, str] = {}
         # the earliest run's saved values are the machine's own (later runs may have saved ours)
         mine = [(t, e) for t, (_, e) in registry.items() if leftover(t)]

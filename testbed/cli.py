@@ -42,6 +42,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("clean", help="remove what a killed run left behind (interfaces, namespaces, rules, processes)")
 
+    b = sub.add_parser("bench", help="ScaleDist, BitTorrent and central pull on the same network, against the bound")
+    b.add_argument("topology", help="topology YAML file")
+    b.add_argument("--scenario", help="scenario YAML (default: a built-in scenario per fileset)")
+    b.add_argument("--scale", type=scale_arg, default=None, help="as for run (default 'auto')")
+    b.add_argument("--timeout", type=positive_seconds, default=600.0, help="per system, seconds (600)")
+    b.add_argument("--systems", default="scaledist,bittorrent,central",
+                   help="comma-separated, in order (default scaledist,bittorrent,central)")
+    b.add_argument("--baseline-routing", choices=("main", "data"), default="data",
+                   help="data (default): the baselines' bulk packets take the trunks' primary directions like "
+                        "ScaleDist's block data, so the systems are judged and not the routes; main: they route "
+                        "like any other application (ACK/control routes: the trunks' slow reverse directions)")
+    latency_opt(b)
+    b.add_argument("--out", help="bench folder (default results/runs/bench-<topology>-<UTC stamp>)")
+
+    dr = sub.add_parser("drill", help="failure-injection drill(s): break things mid-distribution, repair, verify")
+    dr.add_argument("drill_file", nargs="?", help="drill YAML, e.g. testbed/drills/trunk-down.yaml")
+    dr.add_argument("--all", action="store_true", help="run the standard drill set (testbed/drills/*.yaml), one "
+                    "line each, then drills_passed=N drills_total=M")
+    dr.add_argument("--short", action="store_true", help="with --all: only the drills marked ci: true")
+    dr.add_argument("--run-dir", help="run folder (default results/runs/drill-<name>-<UTC stamp>; with --all the "
+                    "folder holding one run folder per drill)")
+    dr.add_argument("--timeout", type=positive_seconds, default=None, help="override the drill's timeout")
+    dr.add_argument("--json", action="store_true", help="last stdout line: the drill's result as one JSON object")
+
     rep = sub.add_parser("report", help="(re)write a run folder's report: summary.json, CSVs, plots, report.html")
     rep.add_argument("run_dir", help="run folder, e.g. results/runs/small-20260101T000000Z")
     c = sub.add_parser("compare", help="two runs side by side: a table, and overlaid plots in a folder")
@@ -82,6 +106,14 @@ def dispatch(args: argparse.Namespace) -> int:
 
         result = verify_links(plan.topology_path, scale=plan.scale, latency=args.latency, log=print)
         return 0 if verify_ok(result) else 1
+    if args.command == "drill":
+        return drill_command(args)
+    if args.command == "bench":
+        from testbed.bench import bench
+
+        plan = run.plan_run(args.topology, args.scenario, args.scale, command="bench")
+        return bench(plan, systems=tuple(x for x in args.systems.split(",") if x), timeout=args.timeout,
+                     latency=args.latency, routing=args.baseline_routing, out_dir=args.out)
     if args.command == "clean":
         run.check_machine("clean", mininet=False)
         from testbed.cleanup import clean
@@ -109,6 +141,32 @@ def dispatch(args: argparse.Namespace) -> int:
         print(verdict_line(a))
         return 0
     raise AssertionError(args.command)
+
+
+def drill_command(args: argparse.Namespace) -> int:
+    """`drill FILE` runs one drill; `drill --all [--short]` the standard set, one line per drill."""
+    import json
+    from pathlib import Path
+
+    from scaledist.topology_schema import SpecError
+    from testbed import drill
+    from testbed.faults.base import FaultSpecError
+    from testbed.run import RunError
+
+    if args.all == bool(args.drill_file):
+        raise RunError("give a drill file or --all (not both)")
+    if args.all:
+        return drill.run_all(drill.drill_files(), short=args.short, base_dir=Path(args.run_dir) if args.run_dir
+                             else None)
+    try:
+        rc, result = drill.run_drill(args.drill_file, run_dir=args.run_dir, timeout=args.timeout,
+                                     as_json=args.json)
+    except (SpecError, FaultSpecError) as e:  # a drill file's mistake: one line, exit 2, nothing built
+        raise RunError(str(e)) from None
+    print(drill.verdict_line(result), file=sys.stderr if args.json else sys.stdout, flush=True)
+    if args.json:
+        print(json.dumps(result, default=str), flush=True)
+    return rc
 
 
 MAX_BW_ERROR_PCT = 5.0

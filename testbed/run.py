@@ -355,8 +355,12 @@ def versions() -> dict[str, str]:
 
 def run_testbed(plan: Plan, *, timeout: float = 600.0, mode: str = "pull", latency: str = "auto",
                 run_dir: str | Path | None = None, as_json: bool = False, keep_data: bool = False,
-                network_factory: Callable[..., Any] | None = None) -> int:
-    """One experiment; returns 0 only if every slave completed and every file verified byte for byte."""
+                network_factory: Callable[..., Any] | None = None, drill: Any | None = None) -> int:
+    """One experiment; returns 0 only if every slave completed and every file verified byte for byte.
+
+    ``drill`` (a ``testbed.drill.DrillRunner``) injects and repairs faults during the run: started after the
+    daemons, stopped (every fault repaired) before anything is torn down, its section added to the summary.
+    """
     out: Callable[[str], None] = (lambda s: print(s, file=sys.stderr, flush=True)) if as_json else (
         lambda s: print(s, flush=True))
     if network_factory is None:
@@ -410,11 +414,17 @@ def run_testbed(plan: Plan, *, timeout: float = 600.0, mode: str = "pull", laten
             measurement = Measurement(net, t, rdir, scenario=plan.scenario, scale=plan.scale, log=out)
             measurement.start(lc)  # tcpdump on the trunks and the epoch sampler's baseline, before the daemons
             meter.t_ref = time.monotonic()
+            if drill is not None:  # faults that must act before the daemons start (a data dir on a tmpfs, ...)
+                drill.prepare(net, lc, plan.topology, rdir, out)
             lc.start()
+            if drill is not None:
+                drill.start(net, lc, plan.topology, rdir, out)
             sampler.sample()  # at once: a generator with little to write may be gone within the first second
             meter.tick()
             completed, done_at = lc.wait(timeout - (time.monotonic() - t0),
-                                         line=lambda p: f"{p.line()}  || {meter.line(meter.tick())}")
+                                         line=lambda p: f"{p.line()}  || {meter.line(meter.tick())}",
+                                         expected_down=drill.expected_down if drill is not None else (),
+                                         hold=drill.holding if drill is not None else None)
             if not completed:
                 error = f"timed out after {timeout:g}s"
         except Interrupted as e:
@@ -431,11 +441,14 @@ def run_testbed(plan: Plan, *, timeout: float = 600.0, mode: str = "pull", laten
             shield()
             if error:
                 out(f"stopping: {error}")
+            # every fault repaired while the daemons and the network still exist
+            _teardown_step("repair drill faults", drill.stop if drill is not None else None, out)
             _teardown_step("stop sampler", sampler.stop if sampler else None, out)
             if meter is not None:
                 with contextlib.suppress(Exception):
                     qdisc_after = meter.stats()
             _teardown_step("stop daemons", lc.close if lc else None, out)
+            _teardown_step("drill faults' last steps", drill.after_daemons if drill is not None else None, out)
             _teardown_step("stop measurement", measurement.stop if measurement else None, out)  # before the network
             if net is not None:
                 try:
@@ -448,6 +461,8 @@ def run_testbed(plan: Plan, *, timeout: float = 600.0, mode: str = "pull", laten
             _teardown_step("write measurement", measurement.finish if measurement else None, out)
             summary = _summarise(plan, lc, rdir, mode, latency, latency_method, completed, done_at, error,
                                  sampler, meter, qdisc_before, qdisc_after, t0)
+            if drill is not None:  # before the data is removed: it counts corrupt blocks on the slaves' disks
+                summary["drill"] = drill.finish(lc, summary)
             if audit:
                 (rdir / "audit.json").write_text(json.dumps(audit, indent=1, default=str) + "\n")
                 summary["audit"] = "audit.json"

@@ -786,3 +786,19 @@ def test_a_release_of_ours_lets_denied_destinations_ask_again_at_once() -> None:
     assert len(rels) == 1
     m.on_released(1.25)
     assert second.destination in {r.destination for r in m.next_requests(1.25)}
+
+
+def test_a_destination_that_failed_its_own_copy_backs_off_before_asking_again() -> None:
+    m = cross_trunk_setup(retry_after=0.5)
+    req, _ = one_copy(m, 1.0)
+    m.on_report(1.1, report("R3-s2", row("d", 1, 0), results=(failed(req.transfer_id, "receiver"),)))
+    assert m.next_requests(1.2) == []  # a full disk is not asked to take the block again at once
+    assert only(m.next_requests(1.6)).destination == "R3-s2"
+
+
+def test_an_undeliverable_instruction_backs_the_destination_off() -> None:
+    m = cross_trunk_setup(retry_after=0.5)
+    _, inst = one_copy(m, 1.0)
+    assert m.on_instruction_failed(1.0, inst.transfer_id, "connection refused") is not None
+    assert m.next_requests(1.1) == []
+    assert only(m.next_requests(1.5)).destination == "R3-s2"

@@ -417,3 +417,12 @@ def test_health_section_errors_name_the_key(bad: str, says: str) -> None:
     base = Path("topologies/small.yaml").read_text()
     with pytest.raises(TopologyError, match=says):
         load_topology_text(base + "\n" + bad)
+
+
+def test_scrub_interval_is_read_and_checked() -> None:
+    base = Path("topologies/small.yaml").read_text()
+    assert load_topology_text(base).scrub_interval == 60.0
+    assert load_topology_text(base + "\nscrub_interval: 5s\n").scrub_interval == 5.0
+    assert load_topology_text(base + "\nscrub_interval: 0s\n").scrub_interval == 0.0  # off
+    with pytest.raises(TopologyError, match="scrub_interval"):
+        load_topology_text(base + "\nscrub_interval: -1s\n")

@@ -350,6 +350,9 @@ class Master:
         self.health.record_failure(unreachable)
         self.file_health.record_failure((unreachable, t.file_id))
         self._log(f"instruction {transfer_id} to {unreachable} failed: {detail}")
+        if unreachable == t.destination:  # the same back-off as a denial: not instructed again at once
+            self._not_before[t.destination] = now + self.config.retry_after
+            self._push_retry(now + self.config.retry_after, (t.destination, t.fileset))
         return self._finish(t, ok=False, nbytes=0)
 
     def tick(self, now: float) -> list[Release]:
@@ -816,6 +819,9 @@ class Master:
         else:
             self._blame(t, res.blame)
             self._log(f"copy {t.id} {t.source}->{t.destination} failed ({res.blame}): {res.detail}")
+            if res.blame == "receiver":  # its disk or its own state: asking again at once only burns copies
+                self._not_before[t.destination] = now + self.config.retry_after
+                self._push_retry(now + self.config.retry_after, (t.destination, t.fileset))
         return self._finish(t, ok=res.ok, nbytes=res.bytes)
 
     def _blame(self, t: _Transfer, blame: str) -> None:

@@ -59,13 +59,29 @@ class GeneratorDaemon:
             data = content[i * bs: i * bs + length] if content is not None else block_bytes(
                 fileset, file_id, version, i, length)
             digest.update(data)
-            await asyncio.to_thread(self.store.generate_block, fileset, file_id, version, data, i == n_blocks - 1)
+            await self.store_block(fileset, file_id, version, data, i == n_blocks - 1)
             await self.announce(fileset, file_id, version)
             if rate:
                 ahead = start + (i + 1) * bs / rate - time.monotonic()
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         return digest.hexdigest()
+
+    async def store_block(self, fileset: str, file_id: str, version: int, data: bytes, final: bool) -> None:
+        """Append one generated block; a full disk pauses generation until there is room (nothing is lost)."""
+        waited = 0.0
+        while True:
+            try:
+                await asyncio.to_thread(self.store.generate_block, fileset, file_id, version, data, final)
+                break
+            except storage.StorageFull as e:
+                if waited == 0.0 or waited >= 10.0:
+                    self.ctx.log(f"disk full, generation of {fileset}/{file_id}@{version} paused: {e}")
+                    waited = 0.0
+                await asyncio.sleep(0.5)
+                waited += 0.5
+        if waited:
+            self.ctx.log(f"disk has room again, generation of {fileset}/{file_id}@{version} resumed")
 
     async def run_fileset(self, fileset: str, plan: FilesetPlan) -> None:
         """Walks the fileset's timeline: new files and updates, each announced by a new FileSet version."""

@@ -7,6 +7,7 @@ disk never stalls the event loop that answers masters and peers.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,20 @@ from scaledist.messages import (
 from scaledist.wire import ProtocolError
 
 MAX_PENDING_RESULTS = 1000
+# A pull finding no room for a block waits this long for some before failing: a full disk then costs the
+# master one failed copy per DISK_WAIT, not one per round trip (it retries at once and marks the slave
+# failed after 50, for minutes).  Well below the master's minimum copy deadline (10 s).
+DISK_WAIT = 2.0
+SCRUB_RATE = 8e6  # bytes/s a scrub pass reads at most, so it never competes with the copies it protects
+
+
+def scrub_interval(topology_value: float = 60.0) -> float:
+    """Seconds between scrub passes: the topology's ``scrub_interval`` (0 turns scrubbing off), unless the
+    ``SCALEDIST_SCRUB_INTERVAL`` environment variable overrides it for one run."""
+    try:
+        return max(0.0, float(os.environ.get("SCALEDIST_SCRUB_INTERVAL", topology_value)))
+    except ValueError:
+        return topology_value
 
 
 class TransferFailed(Exception):
@@ -70,6 +85,7 @@ class SlaveDaemon:
         self.seq = 0
         self.contents: dict[str, FileSetContent] = {}
         self.active: set[str] = set()
+        self.corrupt_found = 0  # blocks of our own disk found bad (on read or by the scrub) and cut
 
     # --- state --------------------------------------------------------------
 
@@ -81,10 +97,17 @@ class SlaveDaemon:
             return cached  # a newer FileSet file still arriving: keep following the last complete one
         if cached is not None and cached.version == st.version:
             return cached
+        parts: list[bytes] = []
         try:
-            data = b"".join(self.store.read_block(fileset, fileset, st.version, i)[0] for i in range(st.blocks))
-            content = parse_fileset(data)
-        except (FileSetError, storage.StorageError, storage.CorruptBlock, storage.MissingBlock) as e:
+            for i in range(st.blocks):
+                try:
+                    parts.append(self.store.read_block(fileset, fileset, st.version, i)[0])
+                except storage.CorruptBlock as e:
+                    self.ctx.log(f"FileSet file {fileset}@{st.version} unusable: {e}")
+                    self.ctx.log(self.discard_corrupt(fileset, fileset, st.version, i, "read"))
+                    return cached
+            content = parse_fileset(b"".join(parts))
+        except (FileSetError, storage.StorageError, storage.MissingBlock) as e:
             self.ctx.log(f"FileSet file {fileset}@{st.version} unusable: {e}")
             return None
         self.contents[fileset] = content
@@ -156,7 +179,7 @@ class SlaveDaemon:
             reason = self.check_instruction(msg)
             if reason:
                 self.ctx.log(f"refused instruction {msg.transfer_id} from {env.sender}: {reason}")
-                await conn.send(Ack(ok=False, detail=reason))
+                await conn.send(Ack(ok=False, detail=reason[:500]))  # quotes peer fields: keep it in a frame
                 return
             self.active.add(msg.transfer_id)
             job = self.pull(msg) if msg.mode == "pull" else self.push(msg)
@@ -171,7 +194,8 @@ class SlaveDaemon:
             body = {fs: [msgspec.to_builtins(r) for r in await asyncio.to_thread(self.rows, fs)]
                     for fs in self.filesets}
             await conn.send(StatusReply(role="slave", ident=self.ctx.ident,
-                                        body={"filesets": body, "outbound": self.outbound}))
+                                        body={"filesets": body, "outbound": self.outbound,
+                                              "corrupt_found": self.corrupt_found}))
         else:
             raise ProtocolError(f"slave control port does not accept {type(msg).__name__}")
 
@@ -209,6 +233,8 @@ class SlaveDaemon:
                                     prev_crc, final)
         except storage.ChecksumMismatch as e:
             raise TransferFailed(f"checksum mismatch, block discarded: {e}", "other") from e
+        except storage.BadBlock as e:  # the sender's header breaks the block rule (length, index)
+            raise TransferFailed(f"bad block, discarded: {e}", "other") from e
         except (storage.StorageFull, storage.StorageError) as e:
             raise TransferFailed(f"cannot store: {e}", "receiver") from e
         except (storage.OutOfOrder, storage.StaleVersion, BadId) as e:
@@ -221,6 +247,9 @@ class SlaveDaemon:
         src = self.ctx.cluster.endpoint(ins.source)
         length = 0
         try:
+            short = await self.wait_for_room()
+            if short:
+                raise TransferFailed(f"cannot store: {short}", "receiver")
             try:
                 conn = await netio.connect(src.host, src.data, self.ctx.codec, timeout=5.0, window=ins.window,
                                            source_host=self.ctx.cluster.endpoint(self.ctx.ident).host)
@@ -262,13 +291,85 @@ class SlaveDaemon:
         finally:
             self.active.discard(ins.transfer_id)
 
+    async def wait_for_room(self) -> str:
+        """'' once the disk can take a block, else (after DISK_WAIT) why it cannot."""
+        deadline = time.monotonic() + DISK_WAIT
+        while (short := self.disk_short()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return short
+
+    def disk_short(self) -> str:
+        """Why our disk cannot take a whole block now ('' if it can). Checked before a pull so that a full
+        disk fails the copy at once (§0089: blaming ourselves) instead of after the block crossed the network."""
+        try:
+            st = os.statvfs(self.store.root)
+        except OSError:
+            return ""  # let the write itself say what is wrong
+        free, need = st.f_bavail * st.f_frsize, self.ctx.topology.block_size
+        return f"disk full: {free} bytes free, a block takes up to {need}" if free < need else ""
+
     def transfer_timeout(self, ins: CopyInstruction) -> float:
         return max(10.0, 4.0 * self.ctx.topology.block_size / max(ins.rate, 1.0))
 
     async def read_verified(self, fileset: str, file_id: str, version: int, block: int) -> tuple[bytes, int, int, bool]:
         """Read + verify from disk before sending (§0067): a corrupt source block is never sent."""
-        data, rec, prev = await asyncio.to_thread(self.store.read_block, fileset, file_id, version, block)
+        try:
+            data, rec, prev = await asyncio.to_thread(self.store.read_block, fileset, file_id, version, block)
+        except storage.CorruptBlock:
+            await self.drop_corrupt(fileset, file_id, version, block, "read")
+            raise
         return data, rec.crc, prev, rec.final
+
+    def discard_corrupt(self, fileset: str, file_id: str, version: int, block: int, how: str) -> str:
+        """Our copy of a block went bad on disk: cut the file there so we report (and offer) only what verifies
+        and our master has us fetch the rest again. Runs in a worker thread; returns the line to log.
+
+        Not on the origin slave while the generator is still appending to that version: cutting would
+        make the generator write its next block at the wrong index.
+        """
+        what = f"corrupt: block {block} of {fileset}/{file_id}@{version} fails to verify on our disk (found by {how})"
+        st = self.store.stored(fileset, file_id)
+        if fileset in self.origin and st is not None and st.version == version and not st.complete:
+            return f"{what}; kept: the generator is still writing this version, so it is not cut"
+        try:
+            left = self.store.discard_from(fileset, file_id, version, block)
+        except storage.StorageProblem as e:
+            return f"{what}; could not cut it: {e}"
+        self.corrupt_found += 1
+        kept = left.blocks if left is not None and left.version == version else 0
+        return f"{what}; cut to {kept} blocks, fetching the rest again"
+
+    async def drop_corrupt(self, fileset: str, file_id: str, version: int, block: int, how: str) -> None:
+        self.ctx.log(await asyncio.to_thread(self.discard_corrupt, fileset, file_id, version, block, how))
+        self.trigger(fileset)
+
+    async def scrubber(self, stop: asyncio.Event) -> None:
+        """Re-verify every stored block now and then: a copy that went bad on disk is found even if nobody
+        asks for it (verify on read finds it only when served), then cut and fetched again."""
+        interval = scrub_interval(self.ctx.topology.scrub_interval)
+        while interval > 0 and not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            for fs in self.filesets:
+                try:
+                    files = await asyncio.to_thread(self.store.files, fs)
+                except storage.StorageProblem as e:
+                    self.ctx.log(f"scrub of {fs} failed: {e}")
+                    continue
+                for fid, st in files.items():
+                    if stop.is_set():
+                        return
+                    try:
+                        bad = await asyncio.to_thread(self.store.first_bad_block, fs, fid, st.version)
+                    except storage.StorageProblem as e:
+                        self.ctx.log(f"scrub of {fs}/{fid}@{st.version} failed: {e}")
+                        continue
+                    if bad is not None:
+                        await self.drop_corrupt(fs, fid, st.version, bad, "scrub")
+                    await asyncio.sleep(st.size / SCRUB_RATE)
 
     async def push(self, ins: CopyInstruction) -> None:
         """Push mode (§0132): this slave is the source; the destination verifies, stores and reports."""
@@ -276,7 +377,10 @@ class SlaveDaemon:
         try:
             try:
                 data, crc, prev, final = await self.read_verified(ins.fileset, ins.file_id, ins.version, ins.block)
-            except (storage.CorruptBlock, storage.MissingBlock, storage.StorageError, BadId) as e:
+            except (storage.CorruptBlock, storage.StorageError) as e:
+                # our own disk failed: in push mode this slave is the source (§0089)
+                raise TransferFailed(f"source cannot read block: {e}", "source") from e
+            except (storage.MissingBlock, BadId) as e:
                 raise TransferFailed(f"source cannot read block: {e}", "other") from e
             dst = self.ctx.cluster.endpoint(ins.destination)
             self.outbound += 1
@@ -382,6 +486,7 @@ class SlaveDaemon:
         for fs in self.filesets:
             self.kick[fs] = asyncio.Event()
         tasks = [spawn(self.reporter(fs, stop), log, f"reporter {fs}") for fs in self.filesets]
+        tasks.append(spawn(self.scrubber(stop), log, "scrubber"))
         await stop.wait()
         for s in servers:
             s.close()
@@ -391,3 +496,4 @@ class SlaveDaemon:
 
 def main(ctx: Context, data_dir: str) -> int:
     return run(SlaveDaemon(ctx, Path(data_dir)).main, ctx.log)
+

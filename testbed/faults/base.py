@@ -60,6 +60,11 @@ class Fault:
         """Counts and facts for the report (packets corrupted, bytes written to fill a disk, ...)."""
         return {}
 
+    def validate(self, topology: Any) -> None:
+        """Raise FaultSpecError when the target is not in ``topology`` (loaded, unscaled); checked at load time,
+        before anything is built.  Default: no check."""
+        return None
+
 
 FAULTS: dict[str, type[Fault]] = {}
 
