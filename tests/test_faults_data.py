@@ -34,6 +34,7 @@ from testbed.faults.data import (
     diskfull_mounts,
     mounted,
 )
+from tests.needs import why_no_testbed
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "topologies" / "small.yaml"
@@ -59,15 +60,7 @@ NOT_ROOT = "needs root (mounts a tmpfs); run as root, e.g. in CI"
 
 
 def _why_no_testbed() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, iptables): run as root, e.g. in CI"
-    try:
-        import mininet.net  # noqa: F401
-        import netfilterqueue  # noqa: F401
-        import scapy.layers.inet  # noqa: F401
-    except ImportError as e:
-        return f"needs Mininet, NetfilterQueue and scapy (bash scripts/setup.sh installs them): {e}"
-    return None
+    return why_no_testbed("netfilterqueue", "scapy.layers.inet")
 
 
 def slow_cluster(tmp_path: Path, rate: str = "8MB/s", **kw: object) -> LocalCluster:

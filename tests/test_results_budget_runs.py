@@ -7,12 +7,13 @@ Needs root and Mininet (CI has both); skipped with the reason otherwise.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.needs import why_no_testbed
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO / "topologies" / "small.yaml"
@@ -36,13 +37,7 @@ filesets:
 
 
 def _why_skip() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, tc): run as root, e.g. in CI"
-    try:
-        import mininet.net  # noqa: F401
-    except ImportError as e:
-        return f"needs Mininet (bash scripts/setup.sh installs it): {e}"
-    return None
+    return why_no_testbed()
 
 
 def run(tmp_path: Path, t1: str, cross: str = "") -> dict[str, object]:

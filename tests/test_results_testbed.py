@@ -7,24 +7,19 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.needs import why_no_testbed
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _why_skip() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, tc): run as root, e.g. in CI"
-    try:
-        import mininet.net  # noqa: F401
-    except ImportError as e:
-        return f"needs Mininet (bash scripts/setup.sh installs it): {e}"
-    return None
+    return why_no_testbed()
 
 
 @pytest.mark.skipif(_why_skip() is not None, reason=_why_skip() or "")

@@ -6,7 +6,6 @@ Needs root and Mininet (CI has both); skipped with the reason otherwise.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,19 +16,15 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.needs import why_no_testbed
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = REPO / "topologies" / "small.yaml"
 SMALL_SCENARIO = REPO / "topologies" / "small-scenario.yaml"
 
 
 def _why_skip() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, tc): run as root, e.g. in CI"
-    try:
-        import mininet.net  # noqa: F401
-    except ImportError as e:
-        return f"needs Mininet (bash scripts/setup.sh installs it): {e}"
-    return None
+    return why_no_testbed()
 
 
 pytestmark = pytest.mark.skipif(_why_skip() is not None, reason=_why_skip() or "")

@@ -16,6 +16,7 @@ import pytest
 
 from scaledist.topology_schema import load_topology
 from testbed.verify import LIFT_BELOW, candidates, endpoints, intra_dc_path, schedule
+from tests.needs import why_no_testbed
 
 SMALL = Path(__file__).resolve().parent.parent / "topologies" / "small.yaml"
 SCALE = 1 / 16
@@ -23,14 +24,7 @@ LAST_LINE = re.compile(r"^max_bw_error_pct=(\d+\.\d\d) max_latency_error_ms=(\d+
 
 
 def _root_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (Mininet, network namespaces, tc, iptables)"
-    try:
-        import mininet.net  # noqa: F401
-        import netfilterqueue  # noqa: F401
-    except ImportError as exc:
-        return f"needs Mininet and NetfilterQueue ({exc}); use .venv/bin/python (bash scripts/setup.sh)"
-    return None
+    return why_no_testbed("netfilterqueue")
 
 
 @pytest.mark.parametrize("name", ["small.yaml", "patent-fig1.yaml"])
