@@ -37,8 +37,8 @@ from scaledist.wire import ProtocolError
 
 MAX_PENDING_RESULTS = 1000
 # A pull finding no room for a block waits this long for some before failing: a full disk then costs the
-# master one failed copy per DISK_WAIT, not one per round trip (it retries at once and marks the slave
-# failed after 50, for minutes).  Well below the master's minimum copy deadline (10 s).
+# master one failed copy per DISK_WAIT, not one per round trip (which crossed the failure threshold within
+# seconds and kept the slave out for minutes).  Well below the master's minimum copy deadline (10 s).
 DISK_WAIT = 2.0
 SCRUB_RATE = 8e6  # bytes/s a scrub pass reads at most, so it never competes with the copies it protects
 
