@@ -49,8 +49,10 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from scaledist.scenario import default_scenario
 from scaledist.topology import Topology
 from scaledist.topology_schema import (
     SpecError,
@@ -317,6 +319,23 @@ class DrillRunner:
         self.result: dict[str, Any] = {}
 
     # --- hooks ------------------------------------------------------------
+
+    def before_network(self, plan: Any, run_dir: Path, log: Callable[[str], None]) -> None:
+        """Before the network exists: faults with a ``before_network(ctx)`` step take it now.  Mininet gives each
+        host a private copy of the mount table when it is created, so a mount made later is invisible to the
+        daemons; one made now is seen (the same filesystem) by the daemons and by the testbed alike."""
+        base = plan.base
+        scenario = plan.scenario if plan.scenario is not None else default_scenario(base)
+        if plan.scale != 1.0:
+            scenario = scenario.scaled(plan.topology.block_size / base.block_size)
+        early = SimpleNamespace(run_dir=Path(run_dir), scenario=scenario,
+                                data_dir=lambda slave: Path(run_dir) / "data" / slave)
+        ctx = DrillContext(net=None, cluster=early, topology=plan.topology, run_dir=Path(run_dir), log=log,
+                           expected_down=self.expected_down)
+        for r in self.records:
+            step = getattr(r.entry.fault, "before_network", None)
+            if step is not None:
+                step(ctx)
 
     def prepare(self, net: Any, cluster: Any, topology: Topology, run_dir: Path, log: Callable[[str], None]) -> None:
         """Before the daemons start: faults with a ``prepare(ctx)`` step (a data dir on a small tmpfs, a daemon

@@ -394,6 +394,8 @@ def run_testbed(plan: Plan, *, timeout: float = 600.0, mode: str = "pull", laten
     summary: dict[str, Any] = {}
     with signals_raise() as shield:
         try:
+            if drill is not None:  # before Mininet copies the mount table into every host (a tmpfs data dir)
+                drill.before_network(plan, rdir, out)
             net = network_factory(plan.topology, run_dir=rdir, latency=latency, log=out)
             net.start()
             latency_method = net.latency_method

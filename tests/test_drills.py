@@ -57,6 +57,11 @@ def test_short_drills_pass_with_measured_timelines(tmp_path: Path) -> None:
                 if f["failures_at_mark"] is not None:  # by failure counts (else by liveness: a silent slave)
                     assert f["failures_at_mark"] >= d["health"]["failure_threshold"]
                 assert f["back_in_service_s"] is not None
+            if f["kind"] == "disk_full":  # a real ENOSPC (or a pull refused for want of room), seen by the slave
+                assert f["notes"]["enospc_writes"] + f["notes"]["refused_disk_full"] > 0, f["notes"]
+                assert f["notes"]["mounted_by"] == "before the network"  # shared by the host and the testbed
+            if f["kind"] == "corrupt_on_disk":  # the rotted block was found (on read or by the scrub) and healed
+                assert f["notes"]["bytes_flipped"] > 0 and f["notes"]["detected"] >= 1, f["notes"]
             if f["kind"] == "master_replace":
                 assert f["resumed_after_s"] <= 2 * d["report_interval_s"]
             if f["kind"] == "rm_restart":

@@ -60,6 +60,12 @@ class Fault:
         """Counts and facts for the report (packets corrupted, bytes written to fill a disk, ...)."""
         return {}
 
+    # Optional steps a fault may define (the drill runner calls them when present):
+    #   before_network(ctx): before Mininet builds the hosts (ctx.net is None; ctx.cluster has run_dir,
+    #     scenario and data_dir(slave)): a mount made now is shared by the hosts and the testbed;
+    #   prepare(ctx): after the network is up, before the daemons start;
+    #   finish(ctx): after the daemons stopped.
+
     def validate(self, topology: Any) -> None:
         """Raise FaultSpecError when the target is not in ``topology`` (loaded, unscaled); checked at load time,
         before anything is built.  Default: no check."""

@@ -166,9 +166,17 @@ class DiskFull(Fault):
             atexit.register(self._emergency_unmount)
             self._guard = True
 
+    def before_network(self, ctx: DrillContext) -> None:
+        """On the testbed: mount before Mininet gives each host its private copy of the mount table, so the
+        slave (in its host) and the testbed (reading progress, verifying) see the same tmpfs."""
+        self.prepare(ctx)
+        self.how = "before the network"
+
     def prepare(self, ctx: DrillContext) -> None:
         """Before the slave starts: its (empty) data directory becomes a tmpfs."""
         _check_slave(ctx, self.slave, self.kind)
+        if self.how:  # mounted before the network already
+            return
         self.data_dir = Path(ctx.cluster.data_dir(self.slave))
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
             raise RuntimeError(f"disk_full: {self.data_dir} is not empty; prepare() runs before the slave starts")
