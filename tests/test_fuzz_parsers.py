@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,38 @@ def test_topology_loader_raises_only_spec_errors(text: str) -> None:
     with pytest.raises(SpecError):
         load_topology_text(text)
     assert issubclass(TopologyError, SpecError)
+
+
+def test_a_pull_whose_source_goes_silent_fails_at_the_stall_timeout_not_the_deadline(tmp_path: Path) -> None:
+    """A dead path (a trunk cut mid-block) is counted within STALL_TIMEOUT, blamed on the path."""
+    from scaledist.cluster import Cluster, Endpoint
+    from scaledist.daemons import slave as slave_mod
+
+    async def run() -> tuple[float, m.TransferResult]:
+        topo = fp.small_topology()
+
+        async def silent_source(conn: netio.Conn) -> None:
+            env = await conn.recv(timeout=5.0)
+            await conn.send(m.BlockHeader(env.msg.transfer_id, True, length=topo.block_size))  # then nothing
+            await asyncio.sleep(30)
+
+        src_codec = Codec(fp.KEY, "dc1-r1-s1")
+        server = await netio.serve("127.0.0.1", 0, src_codec, silent_source, log=lambda s: None)
+        port = server.sockets[0].getsockname()[1]
+        cluster = Cluster(topology="small.yaml", scale=1.0, key=fp.KEY, source="test",
+                          endpoints={"dc1-r1-s1": Endpoint("127.0.0.1", data=port),
+                                     "dc1-r1-s2": Endpoint("127.0.0.1")})
+        ctx = slave_mod.Context("dc1-r1-s2", topo, cluster, Codec(fp.KEY, "dc1-r1-s2"), fp.LogSink())
+        slave = SlaveDaemon(ctx, tmp_path / "s")
+        ins = m.CopyInstruction("t1", "pull", "M1", "dc1-r1-s1", "dc1-r1-s2", "news", "f", 1, 0, 1e3, 65536, 0.0)
+        assert slave.transfer_timeout(ins) > 2 * slave_mod.STALL_TIMEOUT  # the deadline alone would take long
+        t0 = time.monotonic()
+        try:
+            await slave.pull(ins)
+        finally:
+            server.close()
+        return time.monotonic() - t0, slave.pending["news"][-1]
+
+    took, res = asyncio.run(run())
+    assert not res.ok and res.blame == "other" and "TimeoutError" in res.detail, res
+    assert took < slave_mod.STALL_TIMEOUT + 3.0, took

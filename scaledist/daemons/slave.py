@@ -40,6 +40,10 @@ MAX_PENDING_RESULTS = 1000
 # master one failed copy per DISK_WAIT, not one per round trip (which crossed the failure threshold within
 # seconds and kept the slave out for minutes).  Well below the master's minimum copy deadline (10 s).
 DISK_WAIT = 2.0
+# A pull that receives no byte for this long fails at once (blamed on the path, §0089) instead of at its
+# deadline (10 s or more): a dead trunk is then counted within seconds. Paced copies deliver bytes every few
+# milliseconds, so only a dead or frozen path goes this quiet.
+STALL_TIMEOUT = 5.0
 SCRUB_RATE = 8e6  # bytes/s a scrub pass reads at most, so it never competes with the copies it protects
 
 
@@ -260,16 +264,20 @@ class SlaveDaemon:
                 await conn.send(BlockGet(transfer_id=ins.transfer_id, fileset=ins.fileset, file_id=ins.file_id,
                                          version=ins.version, block=ins.block, rate=ins.rate, window=ins.window))
                 timeout = self.transfer_timeout(ins)
-                env = await conn.recv(timeout=timeout)
-                hdr = env.msg
+                stall = min(timeout, STALL_TIMEOUT)  # no byte for this long: the path is dead, fail now
+                async with asyncio.timeout(timeout):  # the whole copy still within its deadline
+                    env = await conn.recv(timeout=stall)
+                    hdr = env.msg
+                    if (isinstance(hdr, BlockHeader) and hdr.transfer_id == ins.transfer_id and hdr.ok
+                            and 0 < hdr.length <= self.ctx.topology.block_size):
+                        data = await conn.recv_raw(hdr.length, timeout=stall)
+                        length = len(data)
                 if not isinstance(hdr, BlockHeader) or hdr.transfer_id != ins.transfer_id:
                     raise TransferFailed(f"unexpected reply {type(hdr).__name__}")
                 if not hdr.ok:
                     raise TransferFailed(f"source {ins.source} refused: {hdr.reason}", "other")
                 if not 0 < hdr.length <= self.ctx.topology.block_size:
                     raise TransferFailed(f"source announced {hdr.length} bytes for one block")
-                data = await conn.recv_raw(hdr.length, timeout=timeout)
-                length = len(data)
             except (ProtocolError, netio.ConnectionClosed, TimeoutError, OSError) as e:
                 raise TransferFailed(f"transfer from {ins.source} broke: {type(e).__name__}: {e}") from e
             finally:
