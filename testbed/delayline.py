@@ -345,21 +345,33 @@ def _write_stats(path: Path, queues: list[_Queue], state: str) -> None:
     os.replace(tmp, path)
 
 
+class StopSignals:
+    """SIGTERM/SIGINT set ``stop`` and wake a worker's select() through ``fd`` (signal.set_wakeup_fd), so a
+    queue worker leaves its loop at once, whatever it was waiting for."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.fd, wfd = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(wfd, False)
+        signal.set_wakeup_fd(wfd)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.stop = True
+
+    def drain(self) -> None:
+        try:
+            os.read(self.fd, 512)
+        except BlockingIOError:
+            pass
+
+
 def run_worker(specs: list[tuple[int, float]], stats_path: Path) -> int:
     from netfilterqueue import COPY_PACKET, NetfilterQueue
 
-    stop = False
-
-    def on_term(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    rfd, wfd = os.pipe()
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
-    signal.set_wakeup_fd(wfd)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    term = StopSignals()
 
     try:
         os.setpriority(os.PRIO_PROCESS, 0, -10)  # we are part of the network: run before the applications
@@ -378,13 +390,13 @@ def run_worker(specs: list[tuple[int, float]], stats_path: Path) -> int:
     _write_stats(stats_path, queues, "running")
     next_stats = time.monotonic() + STATS_INTERVAL
     drain_deadline: float | None = None
-    fds = [*by_fd, rfd]
+    fds = [*by_fd, term.fd]
     try:
         while True:
             now = time.monotonic()
             for q in queues:
                 q.release_due(now)
-            if stop and drain_deadline is None:
+            if term.stop and drain_deadline is None:
                 # our rules are gone (stop() removes them first): release what we hold on time, then leave
                 drain_deadline = now + max(q.delay for q in queues) + 0.2
             if drain_deadline is not None and (now >= drain_deadline or not any(q.fifo for q in queues)):
@@ -393,7 +405,7 @@ def run_worker(specs: list[tuple[int, float]], stats_path: Path) -> int:
                 _write_stats(stats_path, queues, "running")
                 next_stats = now + STATS_INTERVAL
                 if os.getppid() != parent:  # orchestrator died: do not hold a namespace's traffic forever
-                    stop = True
+                    term.stop = True
             wake = next_stats
             for q in queues:
                 if q.fifo and q.fifo[0][0] < wake:
@@ -403,11 +415,8 @@ def run_worker(specs: list[tuple[int, float]], stats_path: Path) -> int:
             # select() sleeps with microsecond resolution (epoll only with milliseconds)
             ready, _, _ = select.select(fds, [], [], max(0.0, wake - time.monotonic()))
             for fd in ready:
-                if fd == rfd:
-                    try:
-                        os.read(rfd, 512)
-                    except BlockingIOError:
-                        pass
+                if fd == term.fd:
+                    term.drain()
                     continue
                 by_fd[fd].nfq.run(block=False)
     finally:

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import select
-import signal
 import sys
 import time
 from pathlib import Path
@@ -87,18 +86,9 @@ class Corruptor:
 def run_worker(queue: int, probability: float, count: int | None, seed: int, stats: Path) -> int:
     from netfilterqueue import COPY_PACKET, NetfilterQueue
 
-    stop = False
+    from testbed.delayline import StopSignals
 
-    def on_term(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    rfd, wfd = os.pipe()
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
-    signal.set_wakeup_fd(wfd)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    term = StopSignals()
     c = Corruptor(probability, count, seed)
     nfq = NetfilterQueue()
     nfq.bind(queue, c.on_packet, max_len=MAX_QUEUE_LEN, mode=COPY_PACKET, range=0xFFFF)
@@ -106,13 +96,10 @@ def run_worker(queue: int, probability: float, count: int | None, seed: int, sta
     c.write(stats, "running")
     next_stats = time.monotonic() + STATS_INTERVAL
     try:
-        while not stop:
-            ready, _, _ = select.select([nfq.get_fd(), rfd], [], [], max(0.0, next_stats - time.monotonic()))
-            if rfd in ready:
-                try:
-                    os.read(rfd, 512)
-                except BlockingIOError:
-                    pass
+        while not term.stop:
+            ready, _, _ = select.select([nfq.get_fd(), term.fd], [], [], max(0.0, next_stats - time.monotonic()))
+            if term.fd in ready:
+                term.drain()
             if nfq.get_fd() in ready:
                 nfq.run(block=False)
             if time.monotonic() >= next_stats:
