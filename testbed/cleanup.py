@@ -36,7 +36,8 @@ REGISTRY = Path("/run/scaledist-testbed")
 NAME_RE = re.compile(r"^sd([a-z0-9]{2})([hrbdm])([0-9]+)(?:e([0-9]+))?$")
 # the exact command line of a Mininet node's shell (mnexec ... env PS1=... bash ... -is mininet:<name>)
 SHELL_RE = re.compile(r"^bash --norc --noediting -is mininet:(sd[a-z0-9]{2}[hrbdm][0-9]+)$")
-IPTABLES_COMMENTS = ("scaledist-route", "scaledist-delay", "scaledist-corrupt", "scaledist-drill")
+IPTABLES_COMMENTS = ("scaledist-route", "scaledist-delay", "scaledist-corrupt", "scaledist-drill",
+                     "scaledist-baseline-route")
 NETNS_DIR = Path("/run/netns")
 
 

@@ -504,4 +504,3 @@ class SlaveDaemon:
 
 def main(ctx: Context, data_dir: str) -> int:
     return run(SlaveDaemon(ctx, Path(data_dir)).main, ctx.log)
-
